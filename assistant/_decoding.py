@@ -1,0 +1,215 @@
+"""Greedy decoding with lossless speculative decoding, streaming and per-step cancellation.
+
+One loop serves every method. Each step feeds the model the last accepted token plus the candidate tokens a
+`CandidateGenerator` proposes (none for `off`), takes the greedy choice at every position, keeps the longest
+prefix of candidates that matches it plus the model's own next token, and crops the KV cache back to what was
+accepted. So each step costs one forward pass and yields between 1 and len(candidates)+1 tokens, and the output
+is by construction the greedy output of the model (tested token for token against `off` and against
+transformers' own `generate`). Logit processing (repetition penalty over the answer so far) is applied per
+position with exactly the prefix greedy decoding would have seen.
+
+Not here: sampling (speculative sampling needs rejection sampling; ragdesk answers greedily), batching.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from retrieval.errors import ConfigError
+
+__all__ = ["CandidateGenerator", "DecodingConfig", "DecodingStats", "DraftModelCandidates",
+           "PromptLookupCandidates", "SpeculativeConfig", "greedy_decode"]
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    method: str = "prompt-lookup"  # off, prompt-lookup, draft
+    lookup_tokens: int = 10
+    max_ngram: int = 3
+    min_ngram: int = 1
+    draft_tokens: int = 5
+
+    def __post_init__(self) -> None:
+        if self.method not in ("off", "prompt-lookup", "draft"):
+            raise ConfigError(f"speculative method {self.method!r} is not valid", "use off, prompt-lookup or draft")
+        if self.lookup_tokens < 1 or self.draft_tokens < 1:
+            raise ConfigError("lookup_tokens and draft_tokens must be at least 1")
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise ConfigError(f"need 1 <= min_ngram ({self.min_ngram}) <= max_ngram ({self.max_ngram})")
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.1
+    stop_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty={self.repetition_penalty} must be positive")
+
+
+@dataclass
+class DecodingStats:
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    steps: int = 0
+    stopped: str = ""  # "eos", "length", "cancelled"
+    tokens: list[int] = field(default_factory=list)
+
+
+class CandidateGenerator(ABC):
+    """Proposes tokens that probably come next; the main model verifies them."""
+
+    @abstractmethod
+    def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
+        """Up to a few token ids guessed to follow `ids` (prompt + answer so far)."""
+
+    def update_candidate_strategy(self, proposed: int, accepted: int) -> None:
+        """Told after each step how many proposals were accepted (to adapt, if it wants)."""
+
+
+class PromptLookupCandidates(CandidateGenerator):
+    """Match the last n tokens (n = max_ngram..min_ngram) earlier in the sequence and propose what followed
+    there. RAG answers quote their passages, so the prompt is a good draft for free."""
+
+    def __init__(self, config: SpeculativeConfig):
+        self.config = config
+
+    def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
+        n_ids = len(ids)
+        for n in range(min(self.config.max_ngram, n_ids - 1), self.config.min_ngram - 1, -1):
+            tail = ids[n_ids - n:]
+            # latest match first: recent context predicts best
+            for start in range(n_ids - n - 1, -1, -1):
+                if ids[start:start + n] == tail:
+                    follow = ids[start + n:start + n + self.config.lookup_tokens]
+                    if follow:
+                        return list(follow)
+        return []
+
+
+class DraftModelCandidates(CandidateGenerator):
+    """A smaller model with the same tokenizer drafts `draft_tokens` greedily, keeping its own KV cache."""
+
+    def __init__(self, draft_model, config: SpeculativeConfig):
+        self.model = draft_model
+        self.config = config
+        self.cache = None
+        self.seen: list[int] = []  # tokens whose keys/values are in self.cache
+
+    def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
+        import torch
+
+        common = 0
+        for a, b in zip(self.seen, ids[:-1]):
+            if a != b:
+                break
+            common += 1
+        if self.cache is not None and common < len(self.seen):
+            _crop_to(self.cache, common)
+            self.seen = self.seen[:common]
+        feed = ids[len(self.seen):]
+        out: list[int] = []
+        device = self.model.device
+        with torch.inference_mode():
+            for _ in range(self.config.draft_tokens):
+                res = self.model(input_ids=torch.tensor([feed], device=device), past_key_values=self.cache,
+                                 use_cache=True)
+                self.cache = res.past_key_values
+                self.seen.extend(feed)
+                tok = int(res.logits[0, -1].argmax())
+                out.append(tok)
+                feed = [tok]
+        return out
+
+
+def _crop_to(cache, length: int) -> None:
+    """Keep the first `length` positions of a KV cache (transformers 5 crops by a negative count)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def _penalize(logits, generated: list[int], penalty: float):
+    """Repetition penalty (as in CTRL / transformers) over the tokens of the answer so far only: the prompt
+    is not penalised, so quoting a passage stays cheap."""
+    import torch
+
+    if penalty == 1.0 or not generated:
+        return logits
+    idx = torch.tensor(sorted(set(generated)), device=logits.device)
+    vals = logits.index_select(-1, idx)
+    vals = torch.where(vals < 0, vals * penalty, vals / penalty)
+    logits = logits.clone()
+    logits.index_copy_(-1, idx, vals)
+    return logits
+
+
+def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
+                  candidates: CandidateGenerator | None = None, cancel: threading.Event | None = None,
+                  stats: DecodingStats | None = None) -> Iterator[list[int]]:
+    """Yield the tokens accepted at each step until a stop token, `max_new_tokens` or `cancel`.
+
+    `model` is a transformers causal LM; `stats` (optional) is filled in as decoding goes."""
+    import torch
+    from transformers import DynamicCache
+
+    stats = stats if stats is not None else DecodingStats()
+    device = model.device
+    ids = list(prompt_ids)
+    prompt_len = len(ids)
+    cache = DynamicCache(config=model.config)
+    stop = set(config.stop_ids)
+    with torch.inference_mode():
+        # prefill everything but the last prompt token; the loop always feeds "last token + candidates"
+        if prompt_len > 1:
+            model(input_ids=torch.tensor([ids[:-1]], device=device), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+        while True:
+            if cancel is not None and cancel.is_set():
+                stats.stopped = "cancelled"
+                return
+            room = config.max_new_tokens - (len(ids) - prompt_len)
+            cand = candidates.get_candidates(ids, prompt_len)[: max(0, room - 1)] if candidates else []
+            feed = [ids[-1]] + cand
+            out = model(input_ids=torch.tensor([feed], device=device), past_key_values=cache, use_cache=True)
+            logits = out.logits[0].float()  # (len(feed), vocab)
+            stats.steps += 1
+            accepted: list[int] = []
+            for i in range(len(feed)):
+                generated = ids[prompt_len:] + accepted
+                tok = int(_penalize(logits[i], generated, config.repetition_penalty).argmax())
+                accepted.append(tok)
+                if i >= len(cand) or tok != cand[i] or tok in stop:
+                    break
+            n_matched = sum(1 for a, c in zip(accepted, cand) if a == c) if cand else 0
+            stats.draft_tokens += len(cand)
+            stats.accepted_tokens += n_matched
+            if candidates is not None:
+                candidates.update_candidate_strategy(len(cand), n_matched)
+            # the cache now holds ids + feed; keep ids + accepted[:-1] (the last accepted is fed next step)
+            ids.extend(accepted)
+            _crop_to(cache, len(ids) - 1)
+            hit_stop = next((j for j, t in enumerate(accepted) if t in stop), None)
+            if hit_stop is not None:
+                emit = accepted[:hit_stop]
+                stats.tokens.extend(emit)
+                if emit:
+                    yield emit
+                stats.stopped = "eos"
+                return
+            if len(ids) - prompt_len >= config.max_new_tokens:
+                emit = accepted[: len(accepted) - (len(ids) - prompt_len - config.max_new_tokens)]
+                stats.tokens.extend(emit)
+                if emit:
+                    yield emit
+                stats.stopped = "length"
+                return
+            stats.tokens.extend(accepted)
+            yield accepted

@@ -1,0 +1,228 @@
+"""The RAG answer pipeline: retrieve, build a grounded prompt that fits the context window, decode
+(speculatively), stream, and account for tokens, time and cost.
+
+`Engine.stream` is the one path every caller uses (`ask`, `chat`, `eval`, `bench`), so what is measured is what
+users get. Not here: storage of conversations (history.py), presentation (cli.py, tui/).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Callable, Iterator, Sequence
+
+from retrieval import Collection, Passage, SearchConfig, get_embedder
+from retrieval._chunking import ChunkingConfig
+from retrieval.errors import InputError, ModelError
+
+from ._decoding import (DecodingConfig, DecodingStats, DraftModelCandidates, PromptLookupCandidates,
+                        SpeculativeConfig)
+from .answer import Answer, AnswerEvent, Cost, Retrieved, SpeculativeStats, Timings, TokenArrived, TokenUsage, Turn
+from .models import LanguageModel, PRESETS, load_model
+from .settings import Settings
+
+__all__ = ["Engine", "REFUSAL", "build_messages", "cited_numbers", "is_refusal"]
+
+SYSTEM_PROMPT = (
+    "You are a help-desk assistant. Answer the question using only the numbered passages below. "
+    "Cite the passages you use with their numbers in square brackets, like [1]. "
+    "If the passages do not contain the answer, say: \"" + "I don't know: the documentation does not say." + "\" "
+    "Do not invent facts.")
+REFUSAL = "I don't know: the documentation does not say."
+_REFUSAL_PATTERNS = re.compile(
+    r"\b(i don't know|i do not know|does not say|doesn't say|not (?:mentioned|covered|stated|specified)|"
+    r"no information|cannot find|can't find|not in the (?:passages|documentation)|unable to answer)\b", re.I)
+
+
+def is_refusal(text: str) -> bool:
+    """Whether an answer declines to answer (used for unanswerable questions)."""
+    return bool(_REFUSAL_PATTERNS.search(text))
+
+
+def cited_numbers(text: str, n_sources: int) -> list[int]:
+    """The passage numbers cited as [n] (also [1, 2] and [1][2]) that exist, in order of first use."""
+    seen: list[int] = []
+    for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", text):
+        for num in group.split(","):
+            n = int(num)
+            if 1 <= n <= n_sources and n not in seen:
+                seen.append(n)
+    return seen
+
+
+def _format_passage(n: int, p: Passage, text: str) -> str:
+    return f"[{n}] {p.path} ({p.heading})\n{text}"
+
+
+def build_messages(question: str, passages: Sequence[Passage], history: Sequence[Turn] = (),
+                   count: Callable[[str], int] | None = None, budget: int | None = None) -> list[dict[str, str]]:
+    """Chat messages for one grounded answer. When `count`/`budget` are given, passages are trimmed (from
+    the last one backwards, then cut to fit) and old turns dropped so the whole prompt fits in `budget`
+    tokens; the question is never trimmed."""
+    count = count or (lambda s: len(s.split()))
+    texts = [p.text for p in passages]
+    turns = list(history)
+
+    def render() -> list[dict[str, str]]:
+        context = "\n\n".join(_format_passage(i + 1, p, t) for i, (p, t) in enumerate(zip(passages, texts)) if t)
+        msgs = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for turn in turns:
+            msgs.append({"role": "user", "content": turn.question})
+            msgs.append({"role": "assistant", "content": turn.answer})
+        msgs.append({"role": "user", "content": f"Passages:\n\n{context}\n\nQuestion: {question}"})
+        return msgs
+
+    if budget is None:
+        return render()
+    fixed = count(SYSTEM_PROMPT) + count(question) + 32
+    if fixed > budget:
+        raise InputError(f"the question is too long for the model's context ({count(question)} tokens, "
+                         f"{budget} available)", "shorten the question or raise --context-window")
+    total = lambda msgs: sum(count(m["content"]) + 4 for m in msgs)  # noqa: E731 - 4 ~ template tokens/turn
+    while total(render()) > budget and turns:
+        turns.pop(0)  # oldest turn first
+    i = len(texts) - 1
+    while total(render()) > budget and i >= 0:
+        over = total(render()) - budget
+        tokens = count(texts[i])
+        if tokens <= over + 16:
+            texts[i] = ""
+            i -= 1
+        else:  # cut this passage to fit, at a word boundary
+            words = texts[i].split(" ")
+            keep = max(1, int(len(words) * (tokens - over - 8) / max(tokens, 1)))
+            texts[i] = " ".join(words[:keep]) + " ..."
+    return render()
+
+
+class Engine:
+    """Loads the embedder, the collection and the model once, then answers questions."""
+
+    def __init__(self, settings: Settings, model: LanguageModel | None = None,
+                 collection: Collection | None = None):
+        self.settings = settings
+        self.model = model
+        self.collection = collection
+        self.draft = None
+        self._lock = threading.Lock()
+
+    # ---- loading ----------------------------------------------------------------------------------------
+    def load(self, progress: Callable[[str], None] | None = None) -> "Engine":
+        progress = progress or (lambda msg: None)
+        s = self.settings
+        if self.collection is None:
+            progress(f"opening collection {s.collection}")
+            embedder = get_embedder(s.embedder)
+            self.collection = Collection(s.collection_path(), embedder,
+                                         ChunkingConfig(s.chunk_tokens, s.chunk_overlap), SearchConfig(),
+                                         create=False)
+            if self.collection.stats()["chunks"] == 0:
+                raise InputError(f"collection {s.collection!r} is empty",
+                                 f"run: ragdesk index PATH --collection {s.collection}")
+            self.collection.vector_index()
+        if self.model is None:
+            self.model = load_model(s.model, s, progress, adapter=s.adapter)
+        if s.speculative == "draft" and self.draft is None and self.model.supports_speculative:
+            name = s.draft_model or (PRESETS[s.model].draft if s.model in PRESETS else "")
+            if not name:
+                raise ModelError("--speculative draft needs a draft model", "pass --draft-model NAME or PATH")
+            draft = load_model(name, s, progress)
+            if getattr(draft, "tokenizer", None) is not None and getattr(self.model, "tokenizer", None) is not None \
+                    and draft.tokenizer.get_vocab() != self.model.tokenizer.get_vocab():
+                raise ModelError(f"draft model {name} does not share the tokenizer of {s.model}",
+                                 "use a draft from the same model family")
+            self.draft = draft
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name if self.model else self.settings.model
+
+    @property
+    def device(self) -> str:
+        return self.model.device if self.model else "-"
+
+    def context_budget(self) -> int:
+        window = self.settings.context_window or min(self.model.context_length, 4096)
+        return window - self.settings.max_new_tokens
+
+    # ---- answering --------------------------------------------------------------------------------------
+    def retrieve(self, question: str) -> list[Passage]:
+        return self.collection.search(question, k=self.settings.top_k, mode=self.settings.search_mode)
+
+    def _candidates(self):
+        s = self.settings
+        if s.speculative == "off" or not self.model.supports_speculative:
+            return None, "off"
+        spec = SpeculativeConfig(s.speculative, s.lookup_tokens, s.lookup_ngram, 1, s.draft_tokens)
+        if s.speculative == "draft":
+            return DraftModelCandidates(self.draft.model, spec), "draft"
+        return PromptLookupCandidates(spec), "prompt-lookup"
+
+    def stream(self, question: str, history: Sequence[Turn] = (),
+               cancel: threading.Event | None = None) -> Iterator[AnswerEvent]:
+        """Yield Retrieved, then TokenArrived pieces, then the finished Answer (also when cancelled)."""
+        question = question.strip()
+        if not question:
+            raise InputError("the question is empty", "type a question")
+        if self.model is None or self.collection is None:
+            self.load()
+        s = self.settings
+        t0 = time.perf_counter()
+        passages = self.retrieve(question)
+        t_retrieved = time.perf_counter()
+        yield Retrieved(passages)
+        messages = build_messages(question, passages, history, self.model.count_tokens, self.context_budget())
+        prompt_ids = self.model.encode_chat(messages)
+        candidates, method = self._candidates()
+        config = DecodingConfig(s.max_new_tokens, s.repetition_penalty, self.model.stop_ids)
+        stats = DecodingStats()
+        answer = Answer(question=question, sources=passages, model=self.model_name, device=self.device)
+        tokens: list[int] = []
+        text = ""
+        t_first = None
+        try:
+            with self._lock:  # one generation at a time per engine (the chat app may fire twice)
+                for step in self.model.generate(prompt_ids, config, candidates, cancel, stats):
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                    tokens.extend(step)
+                    new_text = self.model.decode(tokens)
+                    # hold back a trailing replacement char: a multi-byte character may be half decoded
+                    stable = new_text.rstrip("\ufffd")
+                    if len(stable) > len(text) and stable.startswith(text):
+                        yield TokenArrived(stable[len(text):])
+                        text = stable
+            final = self.model.decode(tokens)
+            if final.startswith(text) and len(final) > len(text):
+                yield TokenArrived(final[len(text):])
+            text = final
+            answer.status = "cancelled" if stats.stopped == "cancelled" else "complete"
+        except Exception as exc:  # a generation error ends this answer, not the program
+            answer.status = "failed"
+            answer.error = f"{type(exc).__name__}: {exc}"
+        t_end = time.perf_counter()
+        answer.text = text.strip()
+        answer.token_ids = tokens
+        answer.cited = cited_numbers(answer.text, len(passages))
+        answer.usage = TokenUsage(len(prompt_ids), len(tokens))
+        decode_s = (t_end - t_first) if t_first else 0.0
+        answer.timings = Timings(
+            retrieval_ms=(t_retrieved - t0) * 1000, ttft_ms=((t_first or t_end) - t0) * 1000,
+            total_ms=(t_end - t0) * 1000, generation_ms=(t_end - t_retrieved) * 1000,
+            tokens_per_s=(len(tokens) - 1) / decode_s if decode_s > 0 and len(tokens) > 1 else 0.0)
+        answer.speculative = SpeculativeStats(method, stats.draft_tokens, stats.accepted_tokens, stats.steps)
+        answer.cost = Cost(len(prompt_ids) / 1000 * s.price_input_per_1k, len(tokens) / 1000 * s.price_output_per_1k,
+                           (t_end - t0) / 3600 * s.device_cost_per_hour)
+        yield answer
+
+    def ask(self, question: str, history: Sequence[Turn] = (), cancel: threading.Event | None = None,
+            on_event: Callable[[AnswerEvent], None] | None = None) -> Answer:
+        answer = None
+        for event in self.stream(question, history, cancel):
+            if on_event:
+                on_event(event)
+            if isinstance(event, Answer):
+                answer = event
+        return answer

@@ -1,0 +1,148 @@
+"""The one settings object: flags > environment (`RAGDESK_*`) > `ragdesk.toml` > defaults.
+
+Every field is documented here and nowhere else; nothing else in ragdesk reads `os.environ`. `ragdesk.toml`
+is looked for in the working directory, then in the home folder. Values from the environment and the file are
+converted to the field's type and checked; a bad one is a `ConfigError` naming its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from retrieval.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+SPECULATIVE = ("off", "prompt-lookup", "draft")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+
+
+def _default_home() -> str:
+    import platformdirs
+
+    return platformdirs.user_data_dir("ragdesk", appauthor=False)
+
+
+@dataclass
+class Settings:
+    home: str = field(default_factory=_default_home, metadata={"doc": "folder holding all state (RAGDESK_HOME)"})
+    models_dir: str = field(default="", metadata={"doc": "where converted models are cached (default HOME/models)"})
+    collection: str = field(default="default", metadata={"doc": "collection that index/search/ask use"})
+    embedder: str = field(default="minilm", metadata={"doc": "embedder name or local sentence-transformers folder"})
+    chunk_tokens: int = field(default=192, metadata={"doc": "target chunk size in embedder tokens"})
+    chunk_overlap: int = field(default=32, metadata={"doc": "overlap between neighbouring chunks, in tokens"})
+    top_k: int = field(default=4, metadata={"doc": "passages retrieved per question"})
+    search_mode: str = field(default="hybrid", metadata={"doc": "hybrid, dense or bm25"})
+    model: str = field(default="smollm2-135m", metadata={"doc": "preset name, HF id, model folder or .gguf file"})
+    draft_model: str = field(default="", metadata={"doc": "draft model for --speculative draft (preset, id, path)"})
+    adapter: str = field(default="", metadata={"doc": "LoRA adapter folder applied on top of the model"})
+    speculative: str = field(default="prompt-lookup", metadata={"doc": "off, prompt-lookup or draft"})
+    lookup_tokens: int = field(default=10, metadata={"doc": "tokens proposed per prompt-lookup step"})
+    lookup_ngram: int = field(default=3, metadata={"doc": "longest n-gram matched by prompt lookup"})
+    draft_tokens: int = field(default=5, metadata={"doc": "tokens the draft model proposes per step"})
+    max_new_tokens: int = field(default=256, metadata={"doc": "longest answer, in model tokens"})
+    repetition_penalty: float = field(default=1.1, metadata={"doc": "penalty on tokens already generated (1 = off)"})
+    context_window: int = field(default=0, metadata={"doc": "prompt + answer token budget (0 = min(model, 4096))"})
+    device: str = field(default="auto", metadata={"doc": "auto, cpu, cuda or mps"})
+    dtype: str = field(default="auto", metadata={"doc": "auto, float32, bfloat16, float16 or int8 (CPU dynamic)"})
+    threads: int = field(default=0, metadata={"doc": "CPU threads for torch (0 = torch's default)"})
+    price_input_per_1k: float = field(default=0.00015, metadata={"doc": "$ per 1K prompt tokens (price table)"})
+    price_output_per_1k: float = field(default=0.0006, metadata={"doc": "$ per 1K completion tokens"})
+    device_cost_per_hour: float = field(default=0.05, metadata={"doc": "$ per hour of the device's time"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [("speculative", SPECULATIVE), ("device", DEVICES), ("dtype", DTYPES),
+                  ("search_mode", ("hybrid", "dense", "bm25"))]
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not valid", f"use one of {', '.join(allowed)}")
+        for name in ("chunk_tokens", "top_k", "max_new_tokens", "lookup_tokens", "lookup_ngram", "draft_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("price_input_per_1k", "price_output_per_1k", "device_cost_per_hour", "context_window",
+                     "threads", "chunk_overlap"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty={self.repetition_penalty} must be positive")
+        if not self.collection or "/" in self.collection or self.collection.startswith("."):
+            raise ConfigError(f"collection name {self.collection!r} is not valid", "use letters, digits, - and _")
+
+    # ---- paths ------------------------------------------------------------------------------------------
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser()
+
+    def collection_path(self, name: str | None = None) -> Path:
+        return self.home_path / "collections" / (name or self.collection)
+
+    @property
+    def models_path(self) -> Path:
+        return self.home_path / "models"
+
+    @property
+    def history_db(self) -> Path:
+        return self.home_path / "history.db"
+
+    @property
+    def evals_db(self) -> Path:
+        return self.home_path / "evals.db"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def docs() -> dict[str, str]:
+        return {f.name: f.metadata.get("doc", "") for f in fields(Settings)}
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    ftype = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if ftype == "int":
+            return int(raw)
+        if ftype == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name}={raw!r} is not a valid {ftype}") from None
+
+
+def load_settings(flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None,
+                  cwd: Path | None = None) -> Settings:
+    """Resolve settings from the four layers; `flags` holds only options the user actually gave."""
+    environ = dict(os.environ) if environ is None else environ
+    names = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    env_home = environ.get("RAGDESK_HOME")
+    home = Path(env_home).expanduser() if env_home else None
+    for candidate in [(cwd or Path.cwd()) / "ragdesk.toml", (home or Path(_default_home())) / "ragdesk.toml"]:
+        if candidate.is_file():
+            try:
+                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{candidate}: {exc}", "fix the TOML syntax") from None
+            for key, raw in data.items():
+                key = key.replace("-", "_")
+                if key not in names:
+                    raise ConfigError(f"{candidate}: unknown setting {key!r}",
+                                      "see `ragdesk models --settings` for the list")
+                values[key] = _coerce(key, raw, str(candidate))
+            break
+    for key in names:
+        raw = environ.get("RAGDESK_" + key.upper())
+        if raw is not None and raw != "":
+            values[key] = _coerce(key, raw, "RAGDESK_" + key.upper())
+    for key, raw in (flags or {}).items():
+        if raw is not None:
+            values[key] = _coerce(key, raw, "--" + key.replace("_", "-"))
+    return Settings(**values)

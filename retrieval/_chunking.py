@@ -1,0 +1,161 @@
+"""Structure-aware chunking: split a `Document` at headings and paragraphs into `Chunk`s sized in the
+embedder's own tokens, with overlap between neighbours of the same section.
+
+Invariants (tested): every chunk's text is the slice `doc.text[start:end]`, the chunks of a document cover
+every non-blank character of its text, and no chunk (with its heading prefix) exceeds the embedder's maximum
+sequence length. This module knows nothing about embeddings or storage.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import ConfigError
+from ._loaders import Document
+
+__all__ = ["Chunk", "ChunkingConfig", "chunk_document", "chunk_prefix"]
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """How big chunks are, in embedder tokens. `max_tokens` is the embedder's limit, filled in by the index."""
+
+    chunk_tokens: int = 192
+    overlap_tokens: int = 32
+    max_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.chunk_tokens < 16:
+            raise ConfigError(f"chunk_tokens={self.chunk_tokens} is too small", "use 16 or more")
+        if not 0 <= self.overlap_tokens < self.chunk_tokens // 2:
+            raise ConfigError(f"overlap_tokens={self.overlap_tokens} must be >= 0 and under half of "
+                              f"chunk_tokens={self.chunk_tokens}", "lower overlap_tokens")
+        if self.max_tokens < 32:
+            raise ConfigError(f"max_tokens={self.max_tokens} is too small", "use the embedder's max length")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ord: int
+    text: str
+    trail: tuple[str, ...]
+    first: int
+    last: int
+    start: int
+    end: int
+    n_tokens: int
+
+
+@dataclass(frozen=True)
+class _Piece:
+    start: int
+    end: int
+    first: int
+    last: int
+    trail: tuple[str, ...]
+    heading: bool
+    n_tokens: int
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?:;])\s+|\n")
+
+
+def chunk_prefix(title: str, trail: tuple[str, ...]) -> str:
+    """The heading context embedded with a chunk (not part of its text): 'Title > Section > Sub'."""
+    parts = [title] + [t for t in trail if t != title]
+    return " > ".join(p for p in parts if p)
+
+
+def _split_spans(text: str, base: int, count: Callable[[str], int], budget: int) -> list[tuple[int, int]]:
+    """Split text (at offset base) into spans of at most `budget` tokens: sentences first, then words."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for m in list(_SENTENCE_END.finditer(text)) + [None]:
+        end = m.start() if m else len(text)
+        nxt = m.end() if m else len(text)
+        if text[pos:end].strip():
+            spans.append((pos, end))
+        pos = nxt
+    out: list[tuple[int, int]] = []
+    for s, e in spans:
+        if count(text[s:e]) <= budget:
+            out.append((base + s, base + e))
+            continue
+        words = [(m.start() + s, m.end() + s) for m in re.finditer(r"\S+", text[s:e])]
+        cur = words[0][0]
+        acc = 0
+        for ws, we in words:
+            n = count(text[ws:we])
+            if acc and acc + n > budget:
+                out.append((base + cur, base + prev_end))
+                cur, acc = ws, 0
+            if n > budget:  # one absurdly long "word": cut it by characters
+                step = max(1, len(text[ws:we]) * budget // (n + 1))
+                for cs in range(ws, we, step):
+                    out.append((base + cs, base + min(we, cs + step)))
+                cur, acc = we, 0
+                prev_end = we
+                continue
+            acc += n
+            prev_end = we
+        if acc:
+            out.append((base + cur, base + prev_end))
+    return out
+
+
+def chunk_document(doc: Document, count_tokens: Callable[[str], int], config: ChunkingConfig) -> list[Chunk]:
+    """Split `doc` into chunks; `count_tokens` must be the embedder's own token counter."""
+    text = doc.text
+    pieces: list[_Piece] = []
+    for block in doc.blocks:
+        prefix_tokens = count_tokens(chunk_prefix(doc.title, block.trail))
+        budget = max(8, min(config.chunk_tokens, config.max_tokens - prefix_tokens - 4))
+        n = count_tokens(block.text)
+        if n <= budget:
+            pieces.append(_Piece(block.start, block.end, block.first, block.last, block.trail, block.heading, n))
+            continue
+        for s, e in _split_spans(block.text, block.start, count_tokens, budget):
+            first = block.first + text[block.start:s].count("\n") if doc.unit == "line" else block.first
+            last = first + text[s:e].count("\n") if doc.unit == "line" else block.last
+            pieces.append(_Piece(s, e, first, min(last, max(block.last, first)), block.trail, False,
+                                 count_tokens(text[s:e])))
+
+    chunks: list[Chunk] = []
+    current: list[_Piece] = []
+
+    def budget_for(trail: tuple[str, ...]) -> int:
+        return max(8, min(config.chunk_tokens,
+                          config.max_tokens - count_tokens(chunk_prefix(doc.title, trail)) - 4))
+
+    def emit() -> None:
+        body = [p for p in current if not p.heading] or current
+        trail = body[0].trail
+        s, e = current[0].start, current[-1].end
+        chunks.append(Chunk(len(chunks), text[s:e], trail, current[0].first, current[-1].last, s, e,
+                            count_tokens(chunk_prefix(doc.title, trail)) + count_tokens(text[s:e])))
+
+    for piece in pieces:
+        if current:
+            has_body = any(not p.heading for p in current)
+            new_section = piece.heading and has_body
+            used = sum(p.n_tokens for p in current) + 2 * (len(current) - 1)
+            over = used + piece.n_tokens + 2 > budget_for(piece.trail)
+            if new_section or over:
+                emit()
+                carry: list[_Piece] = []
+                if over and not new_section and config.overlap_tokens:
+                    acc = 0
+                    for p in reversed(current):
+                        if p.heading or acc + p.n_tokens > config.overlap_tokens or len(carry) + 1 >= len(current):
+                            break
+                        carry.insert(0, p)
+                        acc += p.n_tokens
+                    if acc + piece.n_tokens + 2 > budget_for(piece.trail):
+                        carry = []
+                current = carry
+        current.append(piece)
+    if current:
+        emit()
+    return chunks

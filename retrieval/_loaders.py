@@ -1,0 +1,373 @@
+"""Turn files into `Document`s: a flat text made of `Block`s that remember where they came from.
+
+Each loader keeps the path, the title, the heading trail of every block and its line range (page range for
+PDF), so a chunk can later say "install/docker.md, Docker > Volumes, lines 40-58". Loaders do not chunk and do
+not embed; they never raise for a bad file either: `load_document` raises `SkipFile` with a reason, and the
+indexer counts and reports it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html.parser
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["SUPPORTED_SUFFIXES", "Block", "Document", "SkipFile", "decode_text", "load_document"]
+
+SUPPORTED_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".rst": "rst", ".txt": "text",
+                      ".text": "text", ".html": "html", ".htm": "html", ".pdf": "pdf"}
+
+BLOCK_SEP = "\n\n"
+
+
+class SkipFile(Exception):
+    """The file cannot be indexed; `str()` says why in a few words (binary, empty, unreadable...)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A paragraph, heading, list or code block. `start`/`end` are offsets into `Document.text`."""
+
+    text: str
+    trail: tuple[str, ...]
+    first: int  # first line (or page) of the block in the source, 1-based
+    last: int
+    start: int = 0
+    end: int = 0
+    heading: bool = False
+
+
+@dataclass
+class Document:
+    path: str
+    title: str
+    kind: str
+    unit: str  # "line" or "page"
+    blocks: list[Block] = field(default_factory=list)
+    text: str = ""
+
+    @classmethod
+    def from_blocks(cls, path: str, title: str, kind: str, unit: str, raw: list[Block]) -> "Document":
+        """Join the blocks into one text and give each block its offsets in it."""
+        blocks, parts, pos = [], [], 0
+        for b in raw:
+            text = b.text.strip("\n")
+            if not text.strip():
+                continue
+            if parts:
+                parts.append(BLOCK_SEP)
+                pos += len(BLOCK_SEP)
+            parts.append(text)
+            blocks.append(Block(text, b.trail, b.first, b.last, pos, pos + len(text), b.heading))
+            pos += len(text)
+        return cls(path, title, kind, unit, blocks, "".join(parts))
+
+
+def decode_text(data: bytes) -> str:
+    """Decode bytes sensibly: BOMs first, then UTF-8, then Windows-1252, then Latin-1 (which never fails)."""
+    for bom, enc in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                     (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(enc, errors="replace")
+    if b"\x00" in data[:8192]:
+        raise SkipFile("binary file (NUL bytes)")
+    for enc in ("utf-8", "cp1252"):
+        try:
+            return data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
+def load_document(path: Path, display_path: str | None = None) -> Document:
+    """Load one file; raises SkipFile (unsupported, unreadable, binary, empty) instead of failing the run."""
+    kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise SkipFile(f"unsupported file type {path.suffix or '(none)'}")
+    name = display_path or str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SkipFile(f"unreadable ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise SkipFile("empty file")
+    if kind == "pdf":
+        doc = _load_pdf(data, name)
+    else:
+        text = decode_text(data).replace("\r\n", "\n").replace("\r", "\n")
+        loader = {"markdown": _load_markdown, "rst": _load_rst, "text": _load_text, "html": _load_html}[kind]
+        doc = loader(text, name)
+    if not doc.text.strip():
+        raise SkipFile("no text found")
+    return doc
+
+
+# --- Markdown -------------------------------------------------------------------------------------------
+
+_ATX = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)\s*$")
+
+
+def _strip_md_inline(text: str) -> str:
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    return re.sub(r"[*_`]+", "", text).strip()
+
+
+def _load_markdown(text: str, path: str) -> Document:
+    lines = text.split("\n")
+    blocks: list[Block] = []
+    trail: list[tuple[int, str]] = []  # (level, heading)
+    para: list[str] = []
+    para_first = 0
+    i = 0
+
+    def flush(upto: int) -> None:
+        nonlocal para
+        if para:
+            blocks.append(Block("\n".join(para), tuple(h for _, h in trail), para_first, upto))
+            para = []
+
+    def push_heading(level: int, title: str, first: int, last: int, raw: str) -> None:
+        while trail and trail[-1][0] >= level:
+            trail.pop()
+        trail.append((level, title))
+        blocks.append(Block(raw, tuple(h for _, h in trail), first, last, heading=True))
+
+    while i < len(lines):
+        line = lines[i]
+        lineno = i + 1
+        if _FENCE.match(line):
+            flush(lineno - 1)
+            fence = _FENCE.match(line).group(1)
+            j = i + 1
+            while j < len(lines) and not lines[j].lstrip().startswith(fence):
+                j += 1
+            j = min(j, len(lines) - 1)
+            blocks.append(Block("\n".join(lines[i:j + 1]), tuple(h for _, h in trail), lineno, j + 1))
+            i = j + 1
+            continue
+        m = _ATX.match(line)
+        if m:
+            flush(lineno - 1)
+            push_heading(len(m.group(1)), _strip_md_inline(m.group(2)), lineno, lineno, line)
+            i += 1
+            continue
+        if para and len(para) == 1 and _SETEXT.match(line) and para[0].strip():
+            level = 1 if line.strip().startswith("=") else 2
+            title, first = para[0], para_first
+            para = []
+            push_heading(level, _strip_md_inline(title), first, lineno, title + "\n" + line)
+            i += 1
+            continue
+        if not line.strip():
+            flush(lineno - 1)
+        else:
+            if not para:
+                para_first = lineno
+            para.append(line)
+        i += 1
+    flush(len(lines))
+    title = next((b.trail[0] for b in blocks if b.heading and b.trail), Path(path).stem)
+    return Document.from_blocks(path, title, "markdown", "line", blocks)
+
+
+# --- reStructuredText and plain text ----------------------------------------------------------------------
+
+_ADORN = re.compile(r"^([=\-~^\"'`#*+:.])\1{2,}\s*$")
+
+
+def _load_underlined(text: str, path: str, kind: str) -> Document:
+    """Shared by rst and txt: headings are a line underlined (optionally overlined) by a run of punctuation;
+    heading levels follow the order in which adornment styles first appear, as docutils does."""
+    lines = text.split("\n")
+    styles: list[tuple[str, bool]] = []
+    trail: list[tuple[int, str]] = []
+    blocks: list[Block] = []
+    para: list[str] = []
+    para_first = 0
+    i = 0
+
+    def flush(upto: int) -> None:
+        nonlocal para
+        if para:
+            blocks.append(Block("\n".join(para), tuple(h for _, h in trail), para_first, upto))
+            para = []
+
+    while i < len(lines):
+        line = lines[i]
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        over = _ADORN.match(line)
+        # overlined heading: ===== / Title / =====
+        if over and i + 2 < len(lines) and lines[i + 1].strip() and _ADORN.match(lines[i + 2]) \
+                and lines[i + 2].strip()[0] == line.strip()[0] and not para:
+            style, title, first, last = (line.strip()[0], True), lines[i + 1].strip(), i + 1, i + 3
+            raw = "\n".join(lines[i:i + 3])
+            i += 3
+        elif line.strip() and not para and _ADORN.match(nxt) and len(nxt.strip()) >= len(line.strip()) \
+                and not _ADORN.match(line):
+            style, title, first, last = (nxt.strip()[0], False), line.strip(), i + 1, i + 2
+            raw = line + "\n" + nxt
+            i += 2
+        else:
+            if not line.strip():
+                flush(i)
+            else:
+                if not para:
+                    para_first = i + 1
+                para.append(line)
+            i += 1
+            continue
+        flush(first - 1)
+        if style not in styles:
+            styles.append(style)
+        level = styles.index(style) + 1
+        while trail and trail[-1][0] >= level:
+            trail.pop()
+        trail.append((level, title))
+        blocks.append(Block(raw, tuple(h for _, h in trail), first, last, heading=True))
+    flush(len(lines))
+    title = next((b.trail[0] for b in blocks if b.heading and b.trail), "")
+    if not title:
+        first_line = text.strip().split("\n", 1)[0].strip()
+        title = first_line if 0 < len(first_line) <= 80 else Path(path).stem
+    return Document.from_blocks(path, title, kind, "line", blocks)
+
+
+def _load_rst(text: str, path: str) -> Document:
+    return _load_underlined(text, path, "rst")
+
+
+def _load_text(text: str, path: str) -> Document:
+    return _load_underlined(text, path, "text")
+
+
+# --- HTML -----------------------------------------------------------------------------------------------
+
+_BLOCK_TAGS = {"p", "li", "pre", "blockquote", "td", "th", "dt", "dd", "div", "section", "article", "tr",
+               "table", "ul", "ol", "dl", "figcaption", "caption", "br", "hr", "main", "header", "footer"}
+_SKIP_TAGS = {"script", "style", "noscript", "template", "svg"}
+
+
+class _HtmlBlocks(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[Block] = []
+        self.trail: list[tuple[int, str]] = []
+        self.buf: list[str] = []
+        self.buf_first = 0
+        self.skip = 0
+        self.heading_level = 0
+        self.title = ""
+        self.in_title = False
+        self.in_pre = 0
+
+    def _flush(self) -> None:
+        raw = "".join(self.buf)
+        text = raw if self.in_pre else re.sub(r"[ \t\r\f\v]+", " ", raw)
+        text = "\n".join(ln.strip() if not self.in_pre else ln for ln in text.split("\n")).strip("\n")
+        text = re.sub(r"\n{3,}", "\n\n", text)
+        line = self.getpos()[0]
+        if text.strip():
+            if self.heading_level:
+                title = " ".join(text.split())
+                while self.trail and self.trail[-1][0] >= self.heading_level:
+                    self.trail.pop()
+                self.trail.append((self.heading_level, title))
+                self.blocks.append(Block(title, tuple(h for _, h in self.trail), self.buf_first, line,
+                                         heading=True))
+            else:
+                for part in re.split(r"\n\s*\n", text):
+                    if part.strip():
+                        self.blocks.append(Block(part, tuple(h for _, h in self.trail), self.buf_first, line))
+        self.buf = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _SKIP_TAGS:
+            self.skip += 1
+        elif tag == "title":
+            self.in_title = True
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._flush()
+            self.heading_level = int(tag[1])
+            self.buf_first = self.getpos()[0]
+        elif tag in _BLOCK_TAGS:
+            if tag == "td" or tag == "th":
+                self.buf.append(" | ")
+            elif tag == "li" or tag == "tr":
+                self._flush()
+                self.buf_first = self.getpos()[0]
+                if tag == "li":
+                    self.buf.append("- ")
+            else:
+                self._flush()
+                self.buf_first = self.getpos()[0]
+            if tag == "pre":
+                self.in_pre += 1
+
+    def handle_endtag(self, tag):
+        if tag in _SKIP_TAGS:
+            self.skip = max(0, self.skip - 1)
+        elif tag == "title":
+            self.in_title = False
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._flush()
+            self.heading_level = 0
+        elif tag in _BLOCK_TAGS and tag not in ("td", "th"):
+            self._flush()
+            if tag == "pre":
+                self.in_pre = max(0, self.in_pre - 1)
+
+    def handle_data(self, data):
+        if self.skip:
+            return
+        if self.in_title:
+            self.title += data
+            return
+        if not self.buf:
+            self.buf_first = self.getpos()[0]
+        self.buf.append(data)
+
+
+def _load_html(text: str, path: str) -> Document:
+    parser = _HtmlBlocks()
+    parser.feed(text)
+    parser.close()
+    parser._flush()
+    title = " ".join(parser.title.split()) or next(
+        (b.text for b in parser.blocks if b.heading), Path(path).stem)
+    return Document.from_blocks(path, title, "html", "line", parser.blocks)
+
+
+# --- PDF ------------------------------------------------------------------------------------------------
+
+def _load_pdf(data: bytes, path: str) -> Document:
+    import io
+
+    try:
+        from pypdf import PdfReader
+
+        reader = PdfReader(io.BytesIO(data))
+        pages = [page.extract_text() or "" for page in reader.pages]
+        meta_title = (reader.metadata.title if reader.metadata else None) or ""
+    except Exception as exc:  # pypdf raises many types for broken files
+        raise SkipFile(f"unreadable PDF ({type(exc).__name__}: {exc})") from None
+    blocks: list[Block] = []
+    trail: tuple[str, ...] = ()
+    for pageno, page in enumerate(pages, 1):
+        for para in re.split(r"\n\s*\n", page.replace("\r", "")):
+            para = para.strip()
+            if not para:
+                continue
+            # a short line without end punctuation standing alone reads as a heading in extracted PDF text
+            if "\n" not in para and len(para) < 70 and not para.endswith((".", ",", ":", ";")):
+                trail = (para,)
+                blocks.append(Block(para, trail, pageno, pageno, heading=True))
+            else:
+                blocks.append(Block(para, trail, pageno, pageno))
+    title = meta_title.strip() or next((b.text for b in blocks if b.heading), Path(path).stem)
+    blocks = [Block(b.text, (title,) + tuple(t for t in b.trail if t != title), b.first, b.last, heading=b.heading)
+              for b in blocks]
+    return Document.from_blocks(path, title, "pdf", "page", blocks)
