@@ -114,19 +114,29 @@ class DraftModelCandidates(CandidateGenerator):
         if self.cache is not None and common < len(self.seen):
             _crop_to(self.cache, common)
             self.seen = self.seen[:common]
+        if self.cache is None:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=self.model.config)
         feed = ids[len(self.seen):]
         out: list[int] = []
         device = self.model.device
+        kw = _cache_kw(self.model)
         with torch.inference_mode():
             for _ in range(self.config.draft_tokens):
-                res = self.model(input_ids=torch.tensor([feed], device=device), past_key_values=self.cache,
-                                 use_cache=True)
-                self.cache = res.past_key_values
+                res = self.model(input_ids=torch.tensor([feed], device=device), use_cache=True, **{kw: self.cache})
                 self.seen.extend(feed)
                 tok = int(res.logits[0, -1].argmax())
                 out.append(tok)
                 feed = [tok]
         return out
+
+
+def _cache_kw(model) -> str:
+    """transformers 5.24 renamed the forward argument `past_key_values` to `cache`; accept both."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _crop_to(cache, length: int) -> None:
@@ -166,11 +176,11 @@ def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
     prompt_len = len(ids)
     cache = DynamicCache(config=model.config)
     stop = set(config.stop_ids)
+    kw = _cache_kw(model)
     with torch.inference_mode():
         # prefill everything but the last prompt token; the loop always feeds "last token + candidates"
         if prompt_len > 1:
-            model(input_ids=torch.tensor([ids[:-1]], device=device), past_key_values=cache, use_cache=True,
-                  logits_to_keep=1)
+            model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1, **{kw: cache})
         while True:
             if cancel is not None and cancel.is_set():
                 stats.stopped = "cancelled"
@@ -178,7 +188,7 @@ def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
             room = config.max_new_tokens - (len(ids) - prompt_len)
             cand = candidates.get_candidates(ids, prompt_len)[: max(0, room - 1)] if candidates else []
             feed = [ids[-1]] + cand
-            out = model(input_ids=torch.tensor([feed], device=device), past_key_values=cache, use_cache=True)
+            out = model(input_ids=torch.tensor([feed], device=device), use_cache=True, **{kw: cache})
             logits = out.logits[0].float()  # (len(feed), vocab)
             stats.steps += 1
             accepted: list[int] = []

@@ -81,6 +81,7 @@ class Answer:
     status: str = "complete"  # complete, cancelled, failed
     error: str = ""
     cited: list[int] = field(default_factory=list)  # [n] numbers that appear in the text and exist
+    citation_mode: str = "none"  # "model" (the answer wrote [n]), "attributed" (matched by ragdesk), "none"
     token_ids: list[int] = field(default_factory=list)  # the completion, for lossless checks
 
     def to_json(self) -> dict[str, Any]:
@@ -97,6 +98,7 @@ class Answer:
             "cost": {"input_usd": self.cost.input_usd, "output_usd": self.cost.output_usd,
                      "device_usd": self.cost.device_usd},
             "cited": self.cited,
+            "citation_mode": self.citation_mode,
             "status": self.status,
             "model": self.model,
             "device": self.device,

@@ -233,6 +233,8 @@ def ask(ctx, question, json_out, **flags):
         emit_json(answer.to_json())
         return
     click.echo("\n")
+    if answer.citation_mode == "attributed":
+        click.echo("(the model cited nothing; * marks the passages that hold the answer's words)")
     for i, p in enumerate(answer.sources, 1):
         mark = "*" if i in answer.cited else " "
         click.echo(f"{mark}[{i}] {p.path} - {p.heading} ({p.location})")

@@ -266,9 +266,10 @@ class _HtmlBlocks(html.parser.HTMLParser):
 
     def _flush(self) -> None:
         raw = "".join(self.buf)
-        text = raw if self.in_pre else re.sub(r"[ \t\r\f\v]+", " ", raw)
-        text = "\n".join(ln.strip() if not self.in_pre else ln for ln in text.split("\n")).strip("\n")
-        text = re.sub(r"\n{3,}", "\n\n", text)
+        if self.in_pre:
+            text = re.sub(r"\n{3,}", "\n\n", raw.strip("\n"))
+        else:
+            text = " ".join(raw.split())
         line = self.getpos()[0]
         if text.strip():
             if self.heading_level:

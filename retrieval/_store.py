@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,9 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
 
 def open_db(path: Path) -> sqlite_utils.Database:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(path)
+    # shareable across threads: the chat app opens a collection in one worker thread and searches it from
+    # others (sqlite3 is serialized, threadsafety 3)
+    db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")

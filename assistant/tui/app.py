@@ -1,0 +1,552 @@
+"""`ragdesk chat`: the Textual app. Conversations on the left, the streamed, cited answer in the middle,
+the passages behind the selected answer on the right, model and speed figures in the status line.
+
+The first frame is drawn before anything heavy is imported: the engine (torch, transformers, faiss) is built
+and loaded in a worker thread after the first refresh, and each answer is generated in another worker that
+posts messages back, so the screen keeps redrawing and taking keys. Every question and every (partial) answer
+goes to history as it happens, so closing or killing the app loses nothing.
+
+Not here: retrieval and generation (engine.py), storage (history.py), the widgets (_widgets.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Button, Footer, Input, Markdown, OptionList, Static
+
+from ._commands import RagdeskCommands
+from ._screens import CollectionScreen, ConfirmScreen, HelpScreen, RenameScreen
+from ._widgets import AnswerBox, ChatView, ConversationList, SourcesPanel, StatusLine, meta_line
+
+__all__ = ["CORPUS_DIR", "RagdeskApp"]
+
+CORPUS_DIR = Path(__file__).resolve().parents[2] / "corpus"  # the bundled sample corpus (source checkout)
+SAVE_EVERY_S = 0.25  # how often a streaming answer is written to history
+
+
+class RagdeskApp(App):
+    """The chat app. `engine_factory(settings)` builds an (unloaded) Engine; tests pass one with a fake model."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "ragdesk"
+    COMMANDS = App.COMMANDS | {RagdeskCommands}
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", tooltip="Stop the answer being written (the partial text is kept)"),
+        Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("ctrl+o", "switch_collection", "Collection"),
+        Binding("ctrl+y", "copy_answer", "Copy answer"),
+        Binding("f2", "rename_chat", "Rename"),
+        Binding("alt+up", "select_answer(-1)", "Previous answer", show=False),
+        Binding("alt+down", "select_answer(1)", "Next answer", show=False),
+        Binding("f1", "help", "Help"),
+    ]
+    # (palette entry, action, help): one for every action
+    PALETTE = [
+        ("New chat", "new_chat", "start a new conversation (ctrl+n)"),
+        ("Rename chat", "rename_chat", "rename the current conversation (f2)"),
+        ("Delete chat", "delete_chat", "delete the current conversation (delete in the list)"),
+        ("Switch collection", "switch_collection", "answer from another indexed collection (ctrl+o)"),
+        ("Copy last answer", "copy_answer", "copy the selected answer to the clipboard (ctrl+y)"),
+        ("Cancel answer", "cancel", "stop the answer being written (esc)"),
+        ("Index the bundled corpus", "index_corpus", "index the sample Tidepool docs into this collection"),
+        ("Help: keys", "help", "list every key binding (f1)"),
+    ]
+
+    class EngineProgressed(Message):
+        def __init__(self, text: str):
+            super().__init__()
+            self.text = text
+
+    class EngineLoaded(Message):
+        def __init__(self, engine: Any, token: int):
+            super().__init__()
+            self.engine, self.token = engine, token
+
+    class EngineFailed(Message):
+        def __init__(self, kind: str, text: str, token: int):
+            super().__init__()
+            self.kind, self.text, self.token = kind, text, token  # kind: index, model, error
+
+    class CorpusIndexed(Message):
+        def __init__(self, documents: int, chunks: int):
+            super().__init__()
+            self.documents, self.chunks = documents, chunks
+
+    def __init__(self, settings, engine_factory: Callable[[Any], Any] | None = None):
+        super().__init__()
+        self.settings = settings
+        self.engine_factory = engine_factory
+        self.engine = None
+        self.engine_ready = threading.Event()  # set when loading ended, well or not
+        self.engine_error = ""
+        self._load_token = 0
+        self.history = None
+        self.conversation_id: int | None = None
+        self.generating: int | None = None  # assistant message id being written
+        self._cancel: threading.Event | None = None
+        self._gen_thread: threading.Thread | None = None
+        self._live: dict[int, str] = {}  # msg id -> text so far, for the answer being written
+        self._live_sources: dict[int, list] = {}
+        self.selected_msg: int | None = None
+        self.timings: dict[str, float] = {"start": time.perf_counter()}  # first_frame, ready (for measurements)
+
+    # ---- layout -----------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield Static("Conversations", classes="title")
+                yield ConversationList(id="conversations")
+            with Vertical(id="center"):
+                yield ChatView(id="chat")
+                yield Input(placeholder="Ask about your documents (Enter sends, Esc cancels, F1 help)", id="prompt")
+            yield SourcesPanel(id="sources")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    @property
+    def chat(self) -> ChatView:
+        return self.query_one(ChatView)
+
+    @property
+    def status(self) -> StatusLine:
+        return self.query_one(StatusLine)
+
+    @property
+    def sources(self) -> SourcesPanel:
+        return self.query_one(SourcesPanel)
+
+    async def on_mount(self) -> None:
+        self.status.set(model=self.settings.model, collection=self.settings.collection, state="starting")
+        from assistant.history import History
+
+        try:
+            self.history = History(self.settings.history_db)
+        except Exception as exc:  # a broken history file must not stop the app
+            self.notify(f"history is not available: {exc}", severity="error", markup=False)
+        self.refresh_conversations()
+        await self.show_welcome()
+        self.query_one("#prompt", Input).focus()
+        self.call_after_refresh(self._first_frame)
+
+    def _first_frame(self) -> None:
+        self.timings.setdefault("first_frame", time.perf_counter())
+        self.start_engine()
+
+    async def show_welcome(self) -> None:
+        await self.chat.show_notice(f"Ask a question about the documents in collection "
+                                    f"'{self.settings.collection}'. Answers cite their sources as [n]; click "
+                                    f"one to read the passage. F1 lists every key.")
+
+    def refresh_conversations(self) -> None:
+        if self.history is not None:
+            self.query_one(ConversationList).show(self.history.conversations(), self.conversation_id)
+
+    # ---- engine -----------------------------------------------------------------------------------------
+    def start_engine(self) -> None:
+        self._load_token += 1
+        self.engine_ready.clear()
+        self.engine_error = ""
+        previous, self.engine = self.engine, None
+        self.status.set(state="loading…", collection=self.settings.collection)
+        self._load_engine(self._load_token, previous)
+
+    @work(thread=True, group="engine", exit_on_error=False)
+    def _load_engine(self, token: int, previous: Any) -> None:
+        stage = ["collection"]
+
+        def progress(msg: str) -> None:
+            if not msg.startswith("opening collection"):
+                stage[0] = "model"
+            self.post_message(self.EngineProgressed(msg))
+
+        try:
+            if self.engine_factory is not None:
+                engine = self.engine_factory(self.settings)
+            else:
+                from assistant.engine import Engine
+
+                model = getattr(previous, "model", None)  # keep the loaded model when only the collection changes
+                engine = Engine(self.settings, model=model if model is not None
+                                and getattr(model, "name", "") == self.settings.model else None)
+            engine.load(progress=progress)
+        except Exception as exc:
+            from retrieval.errors import IndexMissingError, InputError, ModelError, RagdeskError
+
+            if isinstance(exc, IndexMissingError) or (isinstance(exc, InputError) and stage[0] == "collection"):
+                kind = "index"
+            else:
+                kind = "model" if isinstance(exc, ModelError) else "error"
+            text = str(exc) if isinstance(exc, RagdeskError) else f"{type(exc).__name__}: {exc}"
+            if token == self._load_token:
+                self.engine_error = text
+                self.engine_ready.set()
+            self.post_message(self.EngineFailed(kind, text, token))
+            return
+        if token == self._load_token:
+            self.engine = engine
+            self.engine_ready.set()
+        self.post_message(self.EngineLoaded(engine, token))
+
+    def on_ragdesk_app_engine_progressed(self, event: EngineProgressed) -> None:
+        self.status.set(state=event.text)
+
+    async def on_ragdesk_app_engine_loaded(self, event: EngineLoaded) -> None:
+        if event.token != self._load_token:
+            return
+        self.timings.setdefault("ready", time.perf_counter())
+        self.status.set(model=event.engine.model_name, device=event.engine.device, state="ready")
+        if self.conversation_id is None and not self.generating:
+            await self.show_welcome()
+
+    async def on_ragdesk_app_engine_failed(self, event: EngineFailed) -> None:
+        if event.token != self._load_token:
+            return
+        self.status.set(state="not ready")
+        if event.kind == "index":
+            c = self.settings.collection
+            text = (f"Collection '{c}' has no index yet ({event.text}).\n\nIndex your documents with:  "
+                    f"ragdesk index PATH --collection {c}")
+            button = None
+            if CORPUS_DIR.is_dir():
+                text += "\nor index the bundled sample corpus (corpus/ of ragdesk) with the button below."
+                button = ("Index the bundled corpus", "index-corpus")
+            await self.chat.show_notice(text, "warning", button)
+            self.notify(f"collection '{c}' is not indexed yet", severity="warning", markup=False)
+        else:
+            what = "The model could not be loaded" if event.kind == "model" else "The assistant could not start"
+            await self.chat.show_notice(f"{what}: {event.text}\n\nPick another model with "
+                                        f"`ragdesk chat --model NAME` or see `ragdesk models`.", "error")
+            self.notify(f"{what}: {event.text}", severity="error", markup=False, timeout=10)
+
+    # ---- asking -----------------------------------------------------------------------------------------
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "prompt":
+            return
+        question = event.value.strip()
+        if not question:
+            return
+        if self.generating is not None:
+            self.notify("An answer is still being written; Esc cancels it.", severity="warning")
+            return
+        if self.history is None:
+            self.notify("history is not available, so the question cannot be stored", severity="error")
+            return
+        event.input.value = ""
+        if self.conversation_id is None:
+            self.conversation_id = self.history.new_conversation(collection=self.settings.collection)
+        turns = self.history.turns(self.conversation_id)
+        self.history.add_message(self.conversation_id, "user", question)  # stored before it is answered
+        msg_id = self.history.add_message(self.conversation_id, "assistant", "", status="pending")
+        await self.chat.clear_notices()
+        await self.chat.add_question(question)
+        await self.chat.add_answer(AnswerBox(msg_id, meta=meta_line("pending", "", {}, {}, "")))
+        self.chat.scroll_end(animate=False)
+        self.generating, self.selected_msg = msg_id, msg_id
+        self._live[msg_id], self._live_sources[msg_id] = "", []
+        self._cancel = threading.Event()
+        self.sources.show_sources([])
+        self.refresh_conversations()
+        self.status.set(state="answering…" if self.engine_ready.is_set() else "waiting for the model…")
+        self._generate(msg_id, question, turns, self._cancel)
+
+    @work(thread=True, group="answer", exit_on_error=False)
+    def _generate(self, msg_id: int, question: str, turns: list, cancel: threading.Event) -> None:
+        from assistant.answer import Answer, Retrieved, TokenArrived
+
+        self._gen_thread = threading.current_thread()
+        text, sources, answer = "", [], None
+        try:
+            while not self.engine_ready.wait(0.05):  # the question may come before the model is loaded
+                if cancel.is_set():
+                    break
+            engine = self.engine
+            if cancel.is_set() and engine is None:
+                answer = Answer(question, status="cancelled")
+            elif engine is None:
+                answer = Answer(question, status="failed", error=f"the assistant is not ready: {self.engine_error}")
+            else:
+                last_save = time.monotonic()
+                for event in engine.stream(question, turns, cancel):
+                    if isinstance(event, Retrieved):
+                        sources = event.passages
+                        self.post_message(ChatView.PassagesRetrieved(msg_id, sources))
+                        self.history.update_message(msg_id, sources=[dataclasses.asdict(p) for p in sources])
+                    elif isinstance(event, TokenArrived):
+                        text += event.text
+                        self.post_message(ChatView.TokensArrived(msg_id, event.text))
+                        if time.monotonic() - last_save > SAVE_EVERY_S:
+                            self.history.update_message(msg_id, content=text)
+                            last_save = time.monotonic()
+                    elif isinstance(event, Answer):
+                        answer = event
+        except Exception as exc:  # shown as a failed answer, never as a traceback
+            from retrieval.errors import RagdeskError
+
+            error = str(exc) if isinstance(exc, RagdeskError) else f"{type(exc).__name__}: {exc}"
+            answer = Answer(question, text=text.strip(), sources=sources, status="failed", error=error)
+        if answer is None:
+            answer = Answer(question, text=text.strip(), sources=sources, status="cancelled")
+        try:
+            self.history.save_answer(msg_id, answer)
+        finally:
+            self.post_message(ChatView.AnswerFinished(msg_id, answer))
+
+    def on_chat_view_passages_retrieved(self, event: ChatView.PassagesRetrieved) -> None:
+        self._live_sources[event.msg_id] = event.passages
+        box = self.chat.answer(event.msg_id)
+        if box is not None:
+            box.sources = list(event.passages)
+        if self.selected_msg == event.msg_id:
+            self.sources.show_sources(event.passages)
+
+    async def on_chat_view_tokens_arrived(self, event: ChatView.TokensArrived) -> None:
+        if event.msg_id in self._live:
+            self._live[event.msg_id] += event.text
+        box = self.chat.answer(event.msg_id)
+        if box is not None:
+            at_end = self.chat.at_end
+            await box.append(event.text)
+            self.chat.follow(at_end)
+
+    async def on_chat_view_answer_finished(self, event: ChatView.AnswerFinished) -> None:
+        a = event.answer
+        self._live.pop(event.msg_id, None)
+        self._live_sources.pop(event.msg_id, None)
+        if self.generating == event.msg_id:
+            self.generating = None
+        usage, timings, cost = (dataclasses.asdict(a.usage), dataclasses.asdict(a.timings),
+                                dataclasses.asdict(a.cost))
+        box = self.chat.answer(event.msg_id)
+        if box is not None:
+            await box.finish(a.text, a.sources, a.status, meta_line(a.status, a.error, usage, timings, a.model))
+            if self.selected_msg == event.msg_id:
+                self.sources.show_sources(a.sources, a.cited)
+        self.status.show_answer(usage, timings, cost)
+        self.status.set(state="ready" if self.engine is not None else "not ready")
+        self.refresh_conversations()
+        if a.status == "failed":
+            self.notify(f"The answer failed: {a.error}", severity="error", markup=False, timeout=8)
+        elif a.status == "cancelled":
+            self.notify("Answer cancelled; the partial answer is kept in history.", markup=False)
+
+    # ---- conversations ----------------------------------------------------------------------------------
+    async def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option_list.id == "conversations" and event.option_id:
+            await self.open_conversation(int(event.option_id))
+
+    def open_conversation_later(self, conv_id: int) -> None:
+        self.run_worker(self.open_conversation(conv_id), exclusive=False)
+
+    async def open_conversation(self, conv_id: int) -> None:
+        conv = self.history.conversation(conv_id)
+        if conv.collection != self.settings.collection and self.generating is None:
+            self.settings = dataclasses.replace(self.settings, collection=conv.collection)
+            self.start_engine()
+        self.conversation_id = conv_id
+        await self.chat.clear()
+        last = None
+        for m in self.history.messages(conv_id):
+            if m.role == "user":
+                await self.chat.add_question(m.content)
+                continue
+            live = m.id == self.generating
+            text = self._live.get(m.id, m.content) if live else m.content
+            sources = self._live_sources.get(m.id) or m.sources if live else m.sources
+            status = "pending" if live else m.status
+            await self.chat.add_answer(AnswerBox(m.id, text, sources, status,
+                                                 meta_line(status, m.error, m.usage, m.timings, m.model)))
+            last = m
+        self.chat.scroll_end(animate=False)
+        self.selected_msg = last.id if last else None
+        self.sources.show_sources(last.sources if last else [])
+        if last is not None and last.usage:
+            self.status.show_answer(last.usage, last.timings, last.cost)
+        self.refresh_conversations()
+        self.query_one("#prompt", Input).focus()
+
+    def selected_sources(self) -> list:
+        return list(getattr(self.sources, "passages", []))
+
+    def show_source(self, n: int) -> None:
+        if not self.sources.show_passage(n):
+            self.notify(f"there is no source [{n}] for this answer", severity="warning")
+
+    def on_markdown_link_clicked(self, event: Markdown.LinkClicked) -> None:
+        if event.href.startswith("cite:"):
+            box = next((a for a in event.markdown.ancestors if isinstance(a, AnswerBox)), None)
+            if box is not None:
+                self.select_answer_box(box)
+            self.show_source(int(event.href.split(":", 1)[1]))
+
+    def on_answer_box_selected(self, event: AnswerBox.Selected) -> None:
+        self.select_answer_box(event.box)
+
+    def select_answer_box(self, box: AnswerBox) -> None:
+        if self.selected_msg != box.msg_id:
+            self.selected_msg = box.msg_id
+            self.sources.show_sources(box.sources)
+        for other in self.chat.answers():
+            other.set_class(other is box, "selected")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "index-corpus":
+            self.action_index_corpus()
+
+    # ---- actions ----------------------------------------------------------------------------------------
+    def action_cancel(self) -> None:
+        if self.generating is not None and self._cancel is not None:
+            self._cancel.set()
+            self.status.set(state="cancelling…")
+
+    async def action_new_chat(self) -> None:
+        self.conversation_id = None
+        self.selected_msg = None
+        await self.chat.clear()
+        await self.show_welcome()
+        self.sources.show_sources([])
+        self.refresh_conversations()
+        self.query_one("#prompt", Input).focus()
+
+    def _target_conversation(self) -> int | None:
+        clist = self.query_one(ConversationList)
+        if clist.has_focus and clist.highlighted_id is not None:
+            return clist.highlighted_id
+        return self.conversation_id
+
+    def action_rename_chat(self) -> None:
+        conv_id = self._target_conversation()
+        if conv_id is None or self.history is None:
+            self.notify("Nothing to rename yet: ask a question first.")
+            return
+
+        def done(title: str | None) -> None:
+            if title:
+                self.history.rename(conv_id, title)
+                self.refresh_conversations()
+
+        self.push_screen(RenameScreen(self.history.conversation(conv_id).title), done)
+
+    def action_delete_chat(self) -> None:
+        conv_id = self._target_conversation()
+        if conv_id is None or self.history is None:
+            self.notify("No conversation selected.")
+            return
+        conv = self.history.conversation(conv_id)
+
+        async def done(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.generating is not None and self.conversation_id == conv_id and self._cancel is not None:
+                self._cancel.set()
+            if self._gen_thread is not None and self.generating is not None:
+                self._gen_thread.join(timeout=2)  # the worker stores its last words before the row goes
+            self.history.delete(conv_id)
+            if self.conversation_id == conv_id:
+                await self.action_new_chat()
+            self.refresh_conversations()
+            self.notify(f"Deleted '{conv.title}'.", markup=False)
+
+        self.push_screen(ConfirmScreen(f"Delete the conversation '{conv.title}'?"), done)
+
+    def action_switch_collection(self) -> None:
+        if self.generating is not None:
+            self.notify("Wait for the answer or cancel it (Esc) before switching collections.", severity="warning")
+            return
+        root = self.settings.home_path / "collections"
+        names = sorted(p.name for p in root.iterdir() if (p / "index.db").exists()) if root.is_dir() else []
+
+        async def done(name: str | None) -> None:
+            if name and name != self.settings.collection:
+                self.settings = dataclasses.replace(self.settings, collection=name)
+                await self.action_new_chat()
+                self.start_engine()
+                self.notify(f"Collection: {name}", markup=False)
+
+        self.push_screen(CollectionScreen(names, self.settings.collection), done)
+
+    def action_copy_answer(self) -> None:
+        boxes = self.chat.answers()
+        box = next((b for b in boxes if b.msg_id == self.selected_msg), boxes[-1] if boxes else None)
+        if box is None or not box.text:
+            self.notify("No answer to copy yet.")
+            return
+        self.copy_to_clipboard(box.text)
+        self.notify(f"Copied the answer ({len(box.text)} characters).")
+
+    def action_select_answer(self, step: int) -> None:
+        boxes = self.chat.answers()
+        if not boxes:
+            return
+        ids = [b.msg_id for b in boxes]
+        i = ids.index(self.selected_msg) + step if self.selected_msg in ids else len(ids) - 1
+        box = boxes[max(0, min(len(boxes) - 1, i))]
+        self.select_answer_box(box)
+        box.scroll_visible()
+
+    def action_help(self) -> None:
+        rows = [(b.key, b.description, "anywhere") for b in self.BINDINGS]
+        rows += [(b.key, b.description, "conversation list") for b in ConversationList.BINDINGS]
+        rows += [("enter", "Send the question", "input"), ("enter", "Open the conversation", "conversation list"),
+                 ("up/down", "Show a source's passage", "sources"), ("click [n]", "Show the cited passage", "answer"),
+                 ("tab/shift+tab", "Move between list, input and sources", "anywhere"),
+                 ("ctrl+p", "Command palette (every action)", "anywhere"), ("ctrl+q", "Quit", "anywhere")]
+        self.push_screen(HelpScreen(rows))
+
+    def action_index_corpus(self) -> None:
+        if not CORPUS_DIR.is_dir():
+            self.notify(f"the bundled corpus is not here ({CORPUS_DIR}); run: ragdesk index PATH", severity="warning",
+                        markup=False)
+            return
+        self.status.set(state=f"indexing {CORPUS_DIR}…")
+        rel = os.path.relpath(CORPUS_DIR)  # sources then show short paths such as corpus/docs/faq.html
+        self._index_corpus(Path(rel) if not rel.startswith("..") else CORPUS_DIR)
+
+    @work(thread=True, group="index", exclusive=True, exit_on_error=False)
+    def _index_corpus(self, folder: Path) -> None:
+        try:
+            from retrieval import Collection, get_embedder
+            from retrieval._chunking import ChunkingConfig
+
+            s = self.settings
+            self.post_message(self.EngineProgressed(f"indexing: loading embedder {s.embedder}"))
+            coll = Collection(s.collection_path(), get_embedder(s.embedder),
+                              ChunkingConfig(s.chunk_tokens, s.chunk_overlap))
+            report = coll.update([folder], progress=lambda stage, done, total: self.post_message(
+                self.EngineProgressed(f"indexing: {stage} {done}/{total}")))
+            coll.close()
+        except Exception as exc:
+            self.post_message(self.EngineFailed("error", f"indexing failed: {exc}", self._load_token))
+            return
+        self.post_message(self.CorpusIndexed(report.added + report.updated, report.chunks))
+
+    async def on_ragdesk_app_corpus_indexed(self, event: CorpusIndexed) -> None:
+        self.notify(f"Indexed {event.documents} documents ({event.chunks} chunks).", markup=False)
+        await self.chat.clear_notices()
+        await self.show_welcome()
+        self.start_engine()
+
+    # ---- closing ----------------------------------------------------------------------------------------
+    def on_unmount(self) -> None:
+        """Stop an answer in progress and make sure its partial text is stored, marked cancelled."""
+        msg_id = self.generating
+        if msg_id is None:
+            return
+        if self._cancel is not None:
+            self._cancel.set()
+        if self._gen_thread is not None:
+            self._gen_thread.join(timeout=3)
+        if self.history is not None and self.history.message(msg_id).status == "pending":
+            self.history.update_message(msg_id, content=self._live.get(msg_id, ""), status="cancelled",
+                                        error="closed")
