@@ -113,6 +113,9 @@ def index(ctx, paths, rebuild, json_out):
     from retrieval._chunking import ChunkingConfig
 
     s = settings_from(ctx)
+    for p in paths:
+        if not p.exists():
+            raise RagdeskError(f"path not found: {p}", "check the spelling, or index an existing folder")
     stderr(f"loading embedder {s.embedder}...")
     embedder = get_embedder(s.embedder)
     coll = Collection(s.collection_path(), embedder, ChunkingConfig(s.chunk_tokens, s.chunk_overlap))

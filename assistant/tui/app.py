@@ -39,7 +39,7 @@ SAVE_EVERY_S = 0.25  # how often a streaming answer is written to history
 class RagdeskApp(App):
     """The chat app. `engine_factory(settings)` builds an (unloaded) Engine; tests pass one with a fake model."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     TITLE = "ragdesk"
     COMMANDS = App.COMMANDS | {RagdeskCommands}
     BINDINGS = [

@@ -1,0 +1,94 @@
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from assistant._decoding import (DecodingConfig, DecodingStats, DraftModelCandidates, PromptLookupCandidates,
+                                 SpeculativeConfig, greedy_decode)
+from tests.tiny import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    return model, tok
+
+
+def prompt_ids(tok, n=3):
+    text = " ".join(["Tidepool listens on port 8740 by default. Version history is kept for 30 days."] * n)
+    out = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def run(model, ids, cfg, cand=None, cancel=None):
+    stats = DecodingStats()
+    toks = [t for step in greedy_decode(model, ids, cfg, cand, cancel, stats) for t in step]
+    return toks, stats
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.parametrize("lookup", [1, 3, 10])
+def test_prompt_lookup_is_lossless(tiny, penalty, lookup):
+    model, tok = tiny
+    ids = prompt_ids(tok)
+    cfg = DecodingConfig(max_new_tokens=60, repetition_penalty=penalty)
+    off, _ = run(model, ids, cfg)
+    pl, stats = run(model, ids, cfg, PromptLookupCandidates(SpeculativeConfig(lookup_tokens=lookup)))
+    assert pl == off and len(off) == 60
+    assert stats.draft_tokens > 0 and stats.steps <= 60
+
+
+def test_off_matches_transformers_generate(tiny):
+    model, tok = tiny
+    ids = prompt_ids(tok)
+    off, _ = run(model, ids, DecodingConfig(max_new_tokens=40, repetition_penalty=1.0))
+    ref = model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False, eos_token_id=None,
+                         pad_token_id=0)[0, len(ids):].tolist()
+    assert off == ref
+
+
+def test_draft_model_is_lossless_and_accepts_its_own_tokens(tiny, tmp_path):
+    model, tok = tiny
+    ids = prompt_ids(tok, 1)
+    cfg = DecodingConfig(max_new_tokens=30, repetition_penalty=1.0)
+    off, _ = run(model, ids, cfg)
+    # a different tiny model (other seed) as draft: lossless whatever it proposes
+    other = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "other", seed=7)).eval()
+    drafted, stats = run(model, ids, cfg, DraftModelCandidates(other, SpeculativeConfig("draft", draft_tokens=4)))
+    assert drafted == off and stats.draft_tokens > 0
+    # the model as its own draft: every proposal accepted, far fewer main-model steps
+    same, stats2 = run(model, ids, cfg, DraftModelCandidates(model, SpeculativeConfig("draft", draft_tokens=4)))
+    assert same == off and stats2.accepted_tokens == stats2.draft_tokens and stats2.steps < len(off) / 3
+
+
+def test_prompt_lookup_proposes_what_followed_the_last_ngram():
+    cand = PromptLookupCandidates(SpeculativeConfig(lookup_tokens=3, max_ngram=2))
+    assert cand.get_candidates([5, 6, 7, 8, 9, 1, 6, 7], 5) == [8, 9, 1]
+    assert cand.get_candidates([1, 2, 3], 3) == []
+
+
+def test_stop_tokens_and_length(tiny):
+    model, tok = tiny
+    ids = prompt_ids(tok)
+    off, _ = run(model, ids, DecodingConfig(max_new_tokens=25, repetition_penalty=1.0))
+    stop = off[10]
+    first = off.index(stop)
+    for cand in (None, PromptLookupCandidates(SpeculativeConfig())):
+        toks, stats = run(model, ids, DecodingConfig(25, 1.0, (stop,)), cand)
+        assert toks == off[:first] and stats.stopped == "eos"
+        toks, stats = run(model, ids, DecodingConfig(7, 1.0), cand)
+        assert toks == off[:7] and stats.stopped == "length"
+
+
+def test_cancel_stops_within_one_step(tiny):
+    model, tok = tiny
+    cancel = threading.Event()
+    stats = DecodingStats()
+    got = []
+    for step in greedy_decode(model, prompt_ids(tok), DecodingConfig(200, 1.0), None, cancel, stats):
+        got.extend(step)
+        if len(got) >= 5:
+            cancel.set()
+    assert len(got) == 5 and stats.stopped == "cancelled" and stats.steps == 5
