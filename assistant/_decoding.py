@@ -20,7 +20,8 @@ from typing import Iterator
 
 from retrieval.errors import ConfigError
 
-__all__ = ["CandidateGenerator", "DecodingConfig", "DecodingStats", "DraftModelCandidates",
+__all__ = ["CandidateGenerator", "CrossTokenizerDraftCandidates", "DecodingConfig", "DecodingStats",
+           "DraftModelCandidates",
            "PromptLookupCandidates", "SpeculativeConfig", "greedy_decode"]
 
 
@@ -130,6 +131,34 @@ class DraftModelCandidates(CandidateGenerator):
                 out.append(tok)
                 feed = [tok]
         return out
+
+
+class CrossTokenizerDraftCandidates(CandidateGenerator):
+    """A draft model with a different tokenizer (universal assisted generation): the answer so far is
+    decoded to text, re-encoded for the draft, the draft continues it greedily, and its continuation text is
+    re-encoded with the main tokenizer. Proposals that do not line up are simply rejected by verification,
+    so the output stays the main model's greedy output."""
+
+    def __init__(self, draft_model, draft_tokenizer, main_tokenizer, draft_prompt_ids: list[int],
+                 config: SpeculativeConfig):
+        self.inner = DraftModelCandidates(draft_model, config)
+        self.draft_tok = draft_tokenizer
+        self.main_tok = main_tokenizer
+        self.draft_prompt = list(draft_prompt_ids)
+        self.config = config
+
+    def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
+        answer = ids[prompt_len:]
+        text = self.main_tok.decode(answer)
+        draft_ids = self.draft_prompt + self.draft_tok.encode(text, add_special_tokens=False)
+        proposed = self.inner.get_candidates(draft_ids, len(self.draft_prompt))
+        continuation = self.draft_tok.decode(proposed, skip_special_tokens=True)
+        if not continuation:
+            return []
+        full = self.main_tok.encode(text + continuation, add_special_tokens=False)
+        if full[:len(answer)] != answer:  # the text re-tokenises differently: propose nothing this step
+            return []
+        return full[len(answer):][: self.config.draft_tokens]
 
 
 def _cache_kw(model) -> str:

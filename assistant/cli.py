@@ -251,18 +251,26 @@ def ask(ctx, question, json_out, **flags):
 @cli.command(context_settings=CONTEXT)
 @click.option("--json", "json_out", is_flag=True, help="Print as JSON.")
 @click.option("--settings", "show_settings", is_flag=True, help="List every setting with its value and meaning.")
+@click.option("--fetch", "fetch", multiple=True, metavar="NAME",
+              help="Fetch and convert a preset (or .gguf) now instead of on first use; repeatable.")
 @click.pass_context
-def models(ctx, json_out, show_settings):
+def models(ctx, json_out, show_settings, fetch):
     """What is installed and cached, which device is used, and what a model needs in memory.
 
     \b
     Examples:
       ragdesk models
       ragdesk models --settings
+      ragdesk models --fetch qwen2.5-1.5b --fetch qwen2.5-0.5b
     """
     from .model_info import describe_models
 
     s = settings_from(ctx)
+    for name in fetch:
+        from .models import resolve_model_folder
+
+        folder = resolve_model_folder(name, s, progress=lambda msg: stderr(msg + "..."))
+        stderr(f"{name}: ready in {folder}")
     if show_settings:
         from .settings import Settings
 

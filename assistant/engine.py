@@ -16,8 +16,8 @@ from retrieval import Collection, Passage, SearchConfig, get_embedder
 from retrieval._chunking import ChunkingConfig
 from retrieval.errors import InputError, ModelError
 
-from ._decoding import (DecodingConfig, DecodingStats, DraftModelCandidates, PromptLookupCandidates,
-                        SpeculativeConfig)
+from ._decoding import (CrossTokenizerDraftCandidates, DecodingConfig, DecodingStats, DraftModelCandidates,
+                        PromptLookupCandidates, SpeculativeConfig)
 from .answer import Answer, AnswerEvent, Cost, Retrieved, SpeculativeStats, Timings, TokenArrived, TokenUsage, Turn
 from .models import LanguageModel, PRESETS, load_model
 from .settings import Settings
@@ -154,12 +154,9 @@ class Engine:
             name = s.draft_model or (PRESETS[s.model].draft if s.model in PRESETS else "")
             if not name:
                 raise ModelError("--speculative draft needs a draft model", "pass --draft-model NAME or PATH")
-            draft = load_model(name, s, progress)
-            if getattr(draft, "tokenizer", None) is not None and getattr(self.model, "tokenizer", None) is not None \
-                    and draft.tokenizer.get_vocab() != self.model.tokenizer.get_vocab():
-                raise ModelError(f"draft model {name} does not share the tokenizer of {s.model}",
-                                 "use a draft from the same model family")
-            self.draft = draft
+            self.draft = load_model(name, s, progress)
+            if not hasattr(self.draft, "tokenizer"):
+                raise ModelError(f"draft model {name} is not a transformers model", "pass a model folder or preset")
         return self
 
     @property
@@ -178,13 +175,18 @@ class Engine:
     def retrieve(self, question: str) -> list[Passage]:
         return self.collection.search(question, k=self.settings.top_k, mode=self.settings.search_mode)
 
-    def _candidates(self):
+    def _candidates(self, messages: list[dict[str, str]]):
         s = self.settings
         if s.speculative == "off" or not self.model.supports_speculative:
             return None, "off"
         spec = SpeculativeConfig(s.speculative, s.lookup_tokens, s.lookup_ngram, 1, s.draft_tokens)
         if s.speculative == "draft":
-            return DraftModelCandidates(self.draft.model, spec), "draft"
+            if self.draft is None:
+                self.load()
+            if self.draft.tokenizer.get_vocab() == self.model.tokenizer.get_vocab():
+                return DraftModelCandidates(self.draft.model, spec), "draft"
+            return CrossTokenizerDraftCandidates(self.draft.model, self.draft.tokenizer, self.model.tokenizer,
+                                                 self.draft.encode_chat(messages), spec), "draft-universal"
         return PromptLookupCandidates(spec), "prompt-lookup"
 
     def stream(self, question: str, history: Sequence[Turn] = (),
@@ -202,7 +204,7 @@ class Engine:
         yield Retrieved(passages)
         messages = build_messages(question, passages, history, self.model.count_tokens, self.context_budget())
         prompt_ids = self.model.encode_chat(messages)
-        candidates, method = self._candidates()
+        candidates, method = self._candidates(messages)
         config = DecodingConfig(s.max_new_tokens, s.repetition_penalty, self.model.stop_ids)
         stats = DecodingStats()
         answer = Answer(question=question, sources=passages, model=self.model_name, device=self.device)

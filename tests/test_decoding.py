@@ -92,3 +92,21 @@ def test_cancel_stops_within_one_step(tiny):
         if len(got) >= 5:
             cancel.set()
     assert len(got) == 5 and stats.stopped == "cancelled" and stats.steps == 5
+
+
+def test_draft_with_a_different_tokenizer_is_lossless(tiny, tmp_path):
+    from assistant._decoding import CrossTokenizerDraftCandidates
+
+    model, tok = tiny
+    other_dir = build_tiny_model(tmp_path / "othertok", seed=3, vocab_size=300)
+    other_tok = AutoTokenizer.from_pretrained(other_dir)
+    assert other_tok.get_vocab() != tok.get_vocab()
+    other = AutoModelForCausalLM.from_pretrained(other_dir).eval()
+    messages = [{"role": "user", "content": "Tidepool listens on port 8740 by default. Trash is kept 14 days."}]
+    ids = list(tok.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+    draft_prompt = list(other_tok.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+    cfg = DecodingConfig(max_new_tokens=30, repetition_penalty=1.0)
+    off, _ = run(model, ids, cfg)
+    cand = CrossTokenizerDraftCandidates(other, other_tok, tok, draft_prompt, SpeculativeConfig("draft", draft_tokens=4))
+    got, stats = run(model, ids, cfg, cand)
+    assert got == off and stats.steps <= len(off)
