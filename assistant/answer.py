@@ -7,9 +7,10 @@ Plain dataclasses with no heavy imports, shared by the engine, the CLI, the chat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from retrieval import Passage
+if TYPE_CHECKING:  # retrieval's index module pulls in sqlite-utils and pandas; keep this module light
+    from retrieval import Passage
 
 __all__ = ["Answer", "AnswerEvent", "Cost", "Retrieved", "SpeculativeStats", "Timings", "TokenArrived",
            "TokenUsage", "Turn"]

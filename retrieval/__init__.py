@@ -1,13 +1,11 @@
 """Retrieval for ragdesk: load documents, chunk them, embed them, and search them (dense + BM25, fused).
 
-Knows nothing of the assistant or the evals; they build on it.
+Knows nothing of the assistant or the evals; they build on it. Names are imported on first use (PEP 562), so
+`from retrieval.errors import RagdeskError` stays cheap: sqlite-utils alone pulls in pandas (~1 s), which
+`ragdesk --help` and the chat app's first frame must not pay for.
 """
 
-from ._chunking import Chunk, ChunkingConfig, chunk_document
-from ._embedders import DEFAULT_EMBEDDER, Embedder, HashingEmbedder, get_embedder, register_embedder
-from ._index import Collection, IndexReport, Passage, SearchConfig
-from ._loaders import Document, SkipFile, load_document
-from .errors import RagdeskError
+from importlib import import_module
 
 __all__ = [
     "DEFAULT_EMBEDDER",
@@ -27,3 +25,20 @@ __all__ = [
     "load_document",
     "register_embedder",
 ]
+
+_WHERE = {
+    "Chunk": "_chunking", "ChunkingConfig": "_chunking", "chunk_document": "_chunking",
+    "DEFAULT_EMBEDDER": "_embedders", "Embedder": "_embedders", "HashingEmbedder": "_embedders",
+    "get_embedder": "_embedders", "register_embedder": "_embedders",
+    "Collection": "_index", "IndexReport": "_index", "Passage": "_index", "SearchConfig": "_index",
+    "Document": "_loaders", "SkipFile": "_loaders", "load_document": "_loaders",
+    "RagdeskError": "errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

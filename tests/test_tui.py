@@ -63,9 +63,11 @@ def send_key(app, key: str, char: str | None = None) -> None:
 
 
 async def ask(pilot, question: str, wait: bool = True) -> None:
-    pilot.app.query_one("#prompt").value = question
-    send_key(pilot.app, "enter", "\r")
-    await pilot.pause(0.05)
+    app = pilot.app
+    before = len(app.chat.answers())
+    app.query_one("#prompt").value = question
+    send_key(app, "enter", "\r")
+    await wait_for(pilot, lambda: len(app.chat.answers()) > before, what="the question to be taken")
     if wait:
         await wait_for(pilot, lambda: pilot.app.generating is None, what="the answer")
 
@@ -95,8 +97,8 @@ async def test_send_streams_and_stores(indexed):
         assert lengths == sorted(lengths) and lengths[-1] > lengths[0], lengths  # it grows while streaming
         assert app.generating is not None and box.status == "pending"
         await wait_for(pilot, lambda: app.generating is None)
-        assert box.status == "complete" and box.text.endswith("[1]") and "8740" in box.text
-        assert "[1](cite:1)" in box.markdown.source.replace("\\[", "[").replace("\\]", "]")
+        assert box.status == "complete" and box.text.endswith("[1]") and "server listens" in box.text
+        assert r"[\[1\]](cite:1)" in box.markdown.source  # citations become links to their passage
         panel = app.query_one(SourcesPanel)
         assert panel.passages and panel.passages[0].path.endswith("install.md")
         assert re.search(r"\d+\.\d tok/s · TTFT \d+ ms · \d+\+\d+ tokens · \$0\.\d{6}", str(app.status.render_text()))
@@ -172,7 +174,7 @@ async def test_switch_conversations_and_restart_continues_with_context(indexed):
         clist.highlighted = 1
         await pilot.press("enter")
         await wait_for(pilot, lambda: app2.conversation_id == first)
-        assert len(app2.chat.answers()) == 1 and "15 minutes" in app2.chat.answers()[0].text
+        assert len(app2.chat.answers()) == 1 and "Lockout" in app2.chat.answers()[0].text
         await ask(pilot, "And after that?")
         # the earlier exchange went to the model as context
         assert "How long is the lockout?" in model2.last_prompt and "And after that?" in model2.last_prompt
@@ -204,8 +206,10 @@ async def test_missing_index_offers_to_index_the_corpus():
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.query(Notice) and app.query(Notice).first().has_class("warning"),
                        what="the notice")
-        text = screen_text(app)
-        assert "no index yet" in text and "ragdesk index PATH --collection default" in text
+        notice = app.query_one(Notice)
+        assert notice.text.startswith("Nothing to answer from yet: collection 'default' has no index yet.")
+        assert "ragdesk index PATH --collection default" in notice.text
+        assert "Nothing to answer from yet" in screen_text(app) and "Index the bundled corpus" in screen_text(app)
         assert app.engine is None and app.status.state == "not ready"
         await ask(pilot, "Which port?")  # asking anyway gives a failed answer, not a crash
         assert app.chat.answers()[-1].status == "failed"
@@ -224,7 +228,8 @@ async def test_missing_model_is_a_friendly_message(indexed, monkeypatch):
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.query(".notice.error"), what="the error notice")
         text = screen_text(app)
-        assert "The model could not be loaded: unknown model 'no-such-model'" in text
+        assert "The model could not be loaded: unknown model 'no-such-model'" in app.query_one(Notice).text
+        assert "The model could not be loaded" in text
         assert "Traceback" not in text and app.is_running
 
 
@@ -243,8 +248,9 @@ async def test_markup_in_documents_questions_and_answers_is_literal(tmp_path):
         await pilot.pause(0.1)
         text = screen_text(app)
         assert "Is [italic]this[/italic] literal?" in text
-        assert "Shown [bold]as is[/bold] and [link=https://x.test]plain[/link] [red]x" in text
-        assert "The text [bold]stays[/bold] and" in text
+        for literal in ("Shown [bold]as is[/bold]", "[link=https://x.test]plain[/link]", "[red]x"):
+            assert literal in text, literal
+        assert "The text [bold]stays[/bold]" in text
         assert app.chat.answers()[-1].status == "complete"
 
 

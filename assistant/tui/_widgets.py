@@ -58,8 +58,11 @@ def meta_line(status: str, error: str, usage: dict[str, Any], timings: dict[str,
 class ConversationList(OptionList):
     """Earlier conversations, most recent first; Enter opens one."""
 
-    BINDINGS = [Binding("delete", "app.delete_chat", "Delete chat", tooltip="Delete the highlighted conversation"),
-                Binding("f2", "app.rename_chat", "Rename chat", tooltip="Rename the current conversation")]
+    BINDINGS = [Binding("delete", "app.delete_chat", "Delete chat", tooltip="Delete the highlighted conversation")]
+
+    def on_focus(self) -> None:
+        if self.highlighted is None and self.option_count:
+            self.highlighted = 0
 
     def show(self, conversations: list, current: int | None) -> None:
         self.clear_options()
@@ -108,7 +111,7 @@ class AnswerBox(Vertical, can_focus=False):
 
     def __init__(self, msg_id: int, text: str = "", sources: list["Passage"] | None = None, status: str = "pending",
                  meta: Text | None = None):
-        super().__init__(id=f"msg-{msg_id}", classes="answer")
+        super().__init__(id=f"msg-{msg_id}", classes=f"answer {status if status in ('failed', 'cancelled') else ''}")
         self.msg_id = msg_id
         self.text = text
         self.sources = list(sources or [])
@@ -191,8 +194,11 @@ class ChatView(VerticalScroll):
         await self.query(Notice).remove()
         await self.mount(Notice(text, kind, button))
 
-    async def clear_notices(self) -> None:
-        await self.query(Notice).remove()
+    async def clear_notices(self, *kinds: str) -> None:
+        """Remove notices of these kinds (all when none are named)."""
+        for notice in list(self.query(Notice)):
+            if not kinds or any(notice.has_class(k) for k in kinds):
+                await notice.remove()
 
     def answer(self, msg_id: int) -> AnswerBox | None:
         found = self.query(f"#msg-{msg_id}")
@@ -212,8 +218,12 @@ class SourcesPanel(Vertical):
             yield Static(Text("Select a source or a citation [n] to read its passage.", style="dim"),
                          id="passage", markup=False)
 
+    passages: list = []
+
     def show_sources(self, passages: list["Passage"], cited: list[int] | None = None) -> None:
         self.passages = list(passages)
+        if not self.is_attached:
+            return
         cited = cited or []
         options = []
         for n, p in enumerate(passages, 1):
@@ -228,8 +238,8 @@ class SourcesPanel(Vertical):
                  style="dim"))
 
     def show_passage(self, n: int) -> bool:
-        passages = getattr(self, "passages", [])
-        if not 1 <= n <= len(passages):
+        passages = self.passages
+        if not 1 <= n <= len(passages) or not self.is_attached:
             return False
         p = passages[n - 1]
         head = Text.assemble((f"[{n}] {p.path}", "bold"), "\n", (f"{p.heading} · {p.location}", "italic"), "\n\n")

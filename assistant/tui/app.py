@@ -12,13 +12,11 @@ Not here: retrieval and generation (engine.py), storage (history.py), the widget
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -26,17 +24,16 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Footer, Input, Markdown, OptionList, Static
 
+from ._actions import CORPUS_DIR, ChatActions
 from ._commands import RagdeskCommands
-from ._screens import CollectionScreen, ConfirmScreen, HelpScreen, RenameScreen
 from ._widgets import AnswerBox, ChatView, ConversationList, SourcesPanel, StatusLine, meta_line
 
 __all__ = ["CORPUS_DIR", "RagdeskApp"]
 
-CORPUS_DIR = Path(__file__).resolve().parents[2] / "corpus"  # the bundled sample corpus (source checkout)
 SAVE_EVERY_S = 0.25  # how often a streaming answer is written to history
 
 
-class RagdeskApp(App):
+class RagdeskApp(ChatActions, App):
     """The chat app. `engine_factory(settings)` builds an (unloaded) Engine; tests pass one with a fake model."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
@@ -96,7 +93,8 @@ class RagdeskApp(App):
         self.conversation_id: int | None = None
         self.generating: int | None = None  # assistant message id being written
         self._cancel: threading.Event | None = None
-        self._gen_thread: threading.Thread | None = None
+        self._gen_done = threading.Event()  # set when the answer worker has stored its last words
+        self._gen_done.set()
         self._live: dict[int, str] = {}  # msg id -> text so far, for the answer being written
         self._live_sources: dict[int, list] = {}
         self.selected_msg: int | None = None
@@ -115,19 +113,13 @@ class RagdeskApp(App):
         yield StatusLine(id="status")
         yield Footer()
 
-    @property
-    def chat(self) -> ChatView:
-        return self.query_one(ChatView)
-
-    @property
-    def status(self) -> StatusLine:
-        return self.query_one(StatusLine)
-
-    @property
-    def sources(self) -> SourcesPanel:
-        return self.query_one(SourcesPanel)
-
     async def on_mount(self) -> None:
+        # kept, not queried: a modal screen may be on top when a worker's message arrives
+        self.chat = self.query_one(ChatView)
+        self.status = self.query_one(StatusLine)
+        self.sources = self.query_one(SourcesPanel)
+        self.prompt = self.query_one("#prompt", Input)
+        self.conversation_list = self.query_one(ConversationList)
         self.status.set(model=self.settings.model, collection=self.settings.collection, state="starting")
         from assistant.history import History
 
@@ -137,7 +129,7 @@ class RagdeskApp(App):
             self.notify(f"history is not available: {exc}", severity="error", markup=False)
         self.refresh_conversations()
         await self.show_welcome()
-        self.query_one("#prompt", Input).focus()
+        self.prompt.focus()
         self.call_after_refresh(self._first_frame)
 
     def _first_frame(self) -> None:
@@ -149,9 +141,13 @@ class RagdeskApp(App):
                                     f"'{self.settings.collection}'. Answers cite their sources as [n]; click "
                                     f"one to read the passage. F1 lists every key.")
 
+    def _ui_alive(self) -> bool:
+        """False once the app is closing (worker messages may still arrive then)."""
+        return hasattr(self, "chat") and self.chat.is_attached
+
     def refresh_conversations(self) -> None:
         if self.history is not None:
-            self.query_one(ConversationList).show(self.history.conversations(), self.conversation_id)
+            self.conversation_list.show(self.history.conversations(), self.conversation_id)
 
     # ---- engine -----------------------------------------------------------------------------------------
     def start_engine(self) -> None:
@@ -188,7 +184,10 @@ class RagdeskApp(App):
                 kind = "index"
             else:
                 kind = "model" if isinstance(exc, ModelError) else "error"
-            text = str(exc) if isinstance(exc, RagdeskError) else f"{type(exc).__name__}: {exc}"
+            if kind == "index":
+                text = exc.message  # the app says how to fix it itself
+            else:
+                text = str(exc) if isinstance(exc, RagdeskError) else f"{type(exc).__name__}: {exc}"
             if token == self._load_token:
                 self.engine_error = text
                 self.engine_ready.set()
@@ -200,30 +199,36 @@ class RagdeskApp(App):
         self.post_message(self.EngineLoaded(engine, token))
 
     def on_ragdesk_app_engine_progressed(self, event: EngineProgressed) -> None:
+        if not self._ui_alive():
+            return
         self.status.set(state=event.text)
 
     async def on_ragdesk_app_engine_loaded(self, event: EngineLoaded) -> None:
+        if not self._ui_alive():
+            return
         if event.token != self._load_token:
             return
         self.timings.setdefault("ready", time.perf_counter())
         self.status.set(model=event.engine.model_name, device=event.engine.device, state="ready")
+        await self.chat.clear_notices("warning", "error")
         if self.conversation_id is None and not self.generating:
             await self.show_welcome()
 
     async def on_ragdesk_app_engine_failed(self, event: EngineFailed) -> None:
+        if not self._ui_alive():
+            return
         if event.token != self._load_token:
             return
         self.status.set(state="not ready")
         if event.kind == "index":
             c = self.settings.collection
-            text = (f"Collection '{c}' has no index yet ({event.text}).\n\nIndex your documents with:  "
-                    f"ragdesk index PATH --collection {c}")
+            text = (f"Nothing to answer from yet: {event.text}.\n\nIndex your documents with:\n"
+                    f"    ragdesk index PATH --collection {c}")
             button = None
             if CORPUS_DIR.is_dir():
                 text += "\nor index the bundled sample corpus (corpus/ of ragdesk) with the button below."
                 button = ("Index the bundled corpus", "index-corpus")
             await self.chat.show_notice(text, "warning", button)
-            self.notify(f"collection '{c}' is not indexed yet", severity="warning", markup=False)
         else:
             what = "The model could not be loaded" if event.kind == "model" else "The assistant could not start"
             await self.chat.show_notice(f"{what}: {event.text}\n\nPick another model with "
@@ -249,13 +254,15 @@ class RagdeskApp(App):
         turns = self.history.turns(self.conversation_id)
         self.history.add_message(self.conversation_id, "user", question)  # stored before it is answered
         msg_id = self.history.add_message(self.conversation_id, "assistant", "", status="pending")
-        await self.chat.clear_notices()
-        await self.chat.add_question(question)
-        await self.chat.add_answer(AnswerBox(msg_id, meta=meta_line("pending", "", {}, {}, "")))
-        self.chat.scroll_end(animate=False)
+        # busy from here on, before the first await: a second Enter must not start a second answer
         self.generating, self.selected_msg = msg_id, msg_id
         self._live[msg_id], self._live_sources[msg_id] = "", []
         self._cancel = threading.Event()
+        self._gen_done.clear()
+        await self.chat.clear_notices("info")  # warnings and errors stay until they are resolved
+        await self.chat.add_question(question)
+        await self.chat.add_answer(AnswerBox(msg_id, meta=meta_line("pending", "", {}, {}, "")))
+        self.chat.scroll_end(animate=False)
         self.sources.show_sources([])
         self.refresh_conversations()
         self.status.set(state="answering…" if self.engine_ready.is_set() else "waiting for the model…")
@@ -265,7 +272,6 @@ class RagdeskApp(App):
     def _generate(self, msg_id: int, question: str, turns: list, cancel: threading.Event) -> None:
         from assistant.answer import Answer, Retrieved, TokenArrived
 
-        self._gen_thread = threading.current_thread()
         text, sources, answer = "", [], None
         try:
             while not self.engine_ready.wait(0.05):  # the question may come before the model is loaded
@@ -301,9 +307,12 @@ class RagdeskApp(App):
         try:
             self.history.save_answer(msg_id, answer)
         finally:
+            self._gen_done.set()
             self.post_message(ChatView.AnswerFinished(msg_id, answer))
 
     def on_chat_view_passages_retrieved(self, event: ChatView.PassagesRetrieved) -> None:
+        if not self._ui_alive():
+            return
         self._live_sources[event.msg_id] = event.passages
         box = self.chat.answer(event.msg_id)
         if box is not None:
@@ -312,6 +321,8 @@ class RagdeskApp(App):
             self.sources.show_sources(event.passages)
 
     async def on_chat_view_tokens_arrived(self, event: ChatView.TokensArrived) -> None:
+        if not self._ui_alive():
+            return
         if event.msg_id in self._live:
             self._live[event.msg_id] += event.text
         box = self.chat.answer(event.msg_id)
@@ -321,19 +332,23 @@ class RagdeskApp(App):
             self.chat.follow(at_end)
 
     async def on_chat_view_answer_finished(self, event: ChatView.AnswerFinished) -> None:
+        if not self._ui_alive():
+            return
         a = event.answer
-        self._live.pop(event.msg_id, None)
-        self._live_sources.pop(event.msg_id, None)
-        if self.generating == event.msg_id:
-            self.generating = None
-        usage, timings, cost = (dataclasses.asdict(a.usage), dataclasses.asdict(a.timings),
-                                dataclasses.asdict(a.cost))
-        box = self.chat.answer(event.msg_id)
-        if box is not None:
-            await box.finish(a.text, a.sources, a.status, meta_line(a.status, a.error, usage, timings, a.model))
-            if self.selected_msg == event.msg_id:
-                self.sources.show_sources(a.sources, a.cited)
-        self.status.show_answer(usage, timings, cost)
+        try:
+            usage, timings, cost = (dataclasses.asdict(a.usage), dataclasses.asdict(a.timings),
+                                    dataclasses.asdict(a.cost))
+            box = self.chat.answer(event.msg_id)
+            if box is not None:
+                await box.finish(a.text, a.sources, a.status, meta_line(a.status, a.error, usage, timings, a.model))
+                if self.selected_msg == event.msg_id:
+                    self.sources.show_sources(a.sources, a.cited)
+            self.status.show_answer(usage, timings, cost)
+        finally:  # the app takes the next question only once this answer is on screen
+            self._live.pop(event.msg_id, None)
+            self._live_sources.pop(event.msg_id, None)
+            if self.generating == event.msg_id:
+                self.generating = None
         self.status.set(state="ready" if self.engine is not None else "not ready")
         self.refresh_conversations()
         if a.status == "failed":
@@ -371,10 +386,11 @@ class RagdeskApp(App):
         self.chat.scroll_end(animate=False)
         self.selected_msg = last.id if last else None
         self.sources.show_sources(last.sources if last else [])
-        if last is not None and last.usage:
-            self.status.show_answer(last.usage, last.timings, last.cost)
+        measured = [m for m in self.history.messages(conv_id) if m.role == "assistant" and m.usage]
+        if measured:
+            self.status.show_answer(measured[-1].usage, measured[-1].timings, measured[-1].cost)
         self.refresh_conversations()
-        self.query_one("#prompt", Input).focus()
+        self.prompt.focus()
 
     def selected_sources(self) -> list:
         return list(getattr(self.sources, "passages", []))
@@ -417,125 +433,7 @@ class RagdeskApp(App):
         await self.show_welcome()
         self.sources.show_sources([])
         self.refresh_conversations()
-        self.query_one("#prompt", Input).focus()
-
-    def _target_conversation(self) -> int | None:
-        clist = self.query_one(ConversationList)
-        if clist.has_focus and clist.highlighted_id is not None:
-            return clist.highlighted_id
-        return self.conversation_id
-
-    def action_rename_chat(self) -> None:
-        conv_id = self._target_conversation()
-        if conv_id is None or self.history is None:
-            self.notify("Nothing to rename yet: ask a question first.")
-            return
-
-        def done(title: str | None) -> None:
-            if title:
-                self.history.rename(conv_id, title)
-                self.refresh_conversations()
-
-        self.push_screen(RenameScreen(self.history.conversation(conv_id).title), done)
-
-    def action_delete_chat(self) -> None:
-        conv_id = self._target_conversation()
-        if conv_id is None or self.history is None:
-            self.notify("No conversation selected.")
-            return
-        conv = self.history.conversation(conv_id)
-
-        async def done(yes: bool | None) -> None:
-            if not yes:
-                return
-            if self.generating is not None and self.conversation_id == conv_id and self._cancel is not None:
-                self._cancel.set()
-            if self._gen_thread is not None and self.generating is not None:
-                self._gen_thread.join(timeout=2)  # the worker stores its last words before the row goes
-            self.history.delete(conv_id)
-            if self.conversation_id == conv_id:
-                await self.action_new_chat()
-            self.refresh_conversations()
-            self.notify(f"Deleted '{conv.title}'.", markup=False)
-
-        self.push_screen(ConfirmScreen(f"Delete the conversation '{conv.title}'?"), done)
-
-    def action_switch_collection(self) -> None:
-        if self.generating is not None:
-            self.notify("Wait for the answer or cancel it (Esc) before switching collections.", severity="warning")
-            return
-        root = self.settings.home_path / "collections"
-        names = sorted(p.name for p in root.iterdir() if (p / "index.db").exists()) if root.is_dir() else []
-
-        async def done(name: str | None) -> None:
-            if name and name != self.settings.collection:
-                self.settings = dataclasses.replace(self.settings, collection=name)
-                await self.action_new_chat()
-                self.start_engine()
-                self.notify(f"Collection: {name}", markup=False)
-
-        self.push_screen(CollectionScreen(names, self.settings.collection), done)
-
-    def action_copy_answer(self) -> None:
-        boxes = self.chat.answers()
-        box = next((b for b in boxes if b.msg_id == self.selected_msg), boxes[-1] if boxes else None)
-        if box is None or not box.text:
-            self.notify("No answer to copy yet.")
-            return
-        self.copy_to_clipboard(box.text)
-        self.notify(f"Copied the answer ({len(box.text)} characters).")
-
-    def action_select_answer(self, step: int) -> None:
-        boxes = self.chat.answers()
-        if not boxes:
-            return
-        ids = [b.msg_id for b in boxes]
-        i = ids.index(self.selected_msg) + step if self.selected_msg in ids else len(ids) - 1
-        box = boxes[max(0, min(len(boxes) - 1, i))]
-        self.select_answer_box(box)
-        box.scroll_visible()
-
-    def action_help(self) -> None:
-        rows = [(b.key, b.description, "anywhere") for b in self.BINDINGS]
-        rows += [(b.key, b.description, "conversation list") for b in ConversationList.BINDINGS]
-        rows += [("enter", "Send the question", "input"), ("enter", "Open the conversation", "conversation list"),
-                 ("up/down", "Show a source's passage", "sources"), ("click [n]", "Show the cited passage", "answer"),
-                 ("tab/shift+tab", "Move between list, input and sources", "anywhere"),
-                 ("ctrl+p", "Command palette (every action)", "anywhere"), ("ctrl+q", "Quit", "anywhere")]
-        self.push_screen(HelpScreen(rows))
-
-    def action_index_corpus(self) -> None:
-        if not CORPUS_DIR.is_dir():
-            self.notify(f"the bundled corpus is not here ({CORPUS_DIR}); run: ragdesk index PATH", severity="warning",
-                        markup=False)
-            return
-        self.status.set(state=f"indexing {CORPUS_DIR}…")
-        rel = os.path.relpath(CORPUS_DIR)  # sources then show short paths such as corpus/docs/faq.html
-        self._index_corpus(Path(rel) if not rel.startswith("..") else CORPUS_DIR)
-
-    @work(thread=True, group="index", exclusive=True, exit_on_error=False)
-    def _index_corpus(self, folder: Path) -> None:
-        try:
-            from retrieval import Collection, get_embedder
-            from retrieval._chunking import ChunkingConfig
-
-            s = self.settings
-            self.post_message(self.EngineProgressed(f"indexing: loading embedder {s.embedder}"))
-            coll = Collection(s.collection_path(), get_embedder(s.embedder),
-                              ChunkingConfig(s.chunk_tokens, s.chunk_overlap))
-            report = coll.update([folder], progress=lambda stage, done, total: self.post_message(
-                self.EngineProgressed(f"indexing: {stage} {done}/{total}")))
-            coll.close()
-        except Exception as exc:
-            self.post_message(self.EngineFailed("error", f"indexing failed: {exc}", self._load_token))
-            return
-        self.post_message(self.CorpusIndexed(report.added + report.updated, report.chunks))
-
-    async def on_ragdesk_app_corpus_indexed(self, event: CorpusIndexed) -> None:
-        self.notify(f"Indexed {event.documents} documents ({event.chunks} chunks).", markup=False)
-        await self.chat.clear_notices()
-        await self.show_welcome()
-        self.start_engine()
+        self.prompt.focus()
 
     # ---- closing ----------------------------------------------------------------------------------------
     def on_unmount(self) -> None:
@@ -545,8 +443,7 @@ class RagdeskApp(App):
             return
         if self._cancel is not None:
             self._cancel.set()
-        if self._gen_thread is not None:
-            self._gen_thread.join(timeout=3)
+        self._gen_done.wait(timeout=3)
         if self.history is not None and self.history.message(msg_id).status == "pending":
             self.history.update_message(msg_id, content=self._live.get(msg_id, ""), status="cancelled",
                                         error="closed")
