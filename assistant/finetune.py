@@ -46,11 +46,11 @@ class FinetuneConfig:
     target_modules: str = "all-linear"  # or comma-separated module names, e.g. q_proj,v_proj
     batch_size: int = 4
     grad_accum: int = 1
-    max_length: int = 384
+    max_length: int = 512
     val_fraction: float = 0.1
     warmup_fraction: float = 0.05
     weight_decay: float = 0.0
-    eval_every: int = 0  # steps between validation passes; 0 = five over the run
+    eval_every: int = 0  # steps between validation passes; 0 = four over the run
     save_every: int = 0  # steps between checkpoints; 0 = at every validation pass
     seed: int = 0
     system_prompt: str = SUPPORT_PROMPT
@@ -118,12 +118,13 @@ def split_tickets(tickets: list[Ticket], val_fraction: float, seed: int) -> tupl
 
 
 def estimate_memory(model_config, total_params: int, trainable_params: int, batch: int, length: int,
-                    width: int = 4) -> dict[str, int]:
+                    width: int = 4, reply_share: float = 1.0) -> dict[str, int]:
     """Bytes for weights, gradients, AdamW states (two moments) and activations of one micro-batch.
 
     Activations per layer follow the usual transformer count (inputs of every projection, norms, the MLP's
     gated intermediate, attention probabilities) plus the logits and their softmax gradient, which dominate for
-    small models with big vocabularies. A planning figure, compared with the measured peak after training."""
+    small models with big vocabularies; logits are only computed on reply tokens (`reply_share` of the
+    positions). A planning figure, compared with the measured peak after training."""
     h = model_config.hidden_size
     inter = getattr(model_config, "intermediate_size", 4 * h)
     heads = model_config.num_attention_heads
@@ -131,7 +132,7 @@ def estimate_memory(model_config, total_params: int, trainable_params: int, batc
     vocab = model_config.vocab_size
     tokens = batch * length
     per_layer = tokens * (12 * h + 5 * inter) + 2 * batch * heads * length * length
-    activations = (layers * per_layer + 3 * tokens * vocab) * width
+    activations = int((layers * per_layer + 3 * tokens * reply_share * vocab) * width)
     out = {"weights_bytes": total_params * width, "gradients_bytes": trainable_params * width,
            "optimizer_bytes": 2 * trainable_params * 4, "activations_bytes": activations}
     out["total_bytes"] = sum(out.values())
@@ -174,6 +175,7 @@ class FinetuneRun:
         self.train_set, self.val_set, self.test_set = split_tickets(tickets, config.val_fraction, config.seed)
         self.step = 0
         self.history: list[dict] = []
+        self.done = {"train_seconds": 0.0, "tokens": 0}  # carried across resumes in the checkpoints
         self.model = self.tokenizer = self.optimizer = None
 
     # ---- setup ------------------------------------------------------------------------------------------
@@ -233,9 +235,11 @@ class FinetuneRun:
 
     def memory_estimate(self) -> dict[str, int]:
         trainable, total = self.parameter_counts
-        longest = max(len(ids) for ids, _ in self.rows["train"])
+        rows = self.rows["train"]
+        longest = max(len(ids) for ids, _ in rows)
+        share = sum(sum(lab != -100 for lab in labels) for _, labels in rows) / sum(len(ids) for ids, _ in rows)
         return estimate_memory(self.model.base_model.model.config, total, trainable, self.config.batch_size,
-                               min(longest, self.config.max_length))
+                               min(longest, self.config.max_length), reply_share=share)
 
     # ---- training ---------------------------------------------------------------------------------------
     def _lr_at(self, step: int) -> float:
@@ -261,11 +265,15 @@ class FinetuneRun:
         import torch.nn.functional as F
 
         ids, labels, mask = (t.to(self.device) for t in _collate(rows, self.tokenizer.pad_token_id))
-        logits = self.model(input_ids=ids, attention_mask=mask).logits  # (batch, seq, vocab)
-        shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
-        shift_labels = labels[:, 1:].reshape(-1)
-        loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-        return loss, int((shift_labels != -100).sum()), int(mask.sum())
+        causal_lm = self.model.base_model.model
+        # the vocabulary projection only where a reply token is predicted: for a 49k vocabulary it is a large
+        # share of the compute and most of the activation memory, and prompt positions need none of it
+        hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (batch, seq, hidden)
+        targets = labels[:, 1:]  # (batch, seq - 1)
+        keep = targets != -100
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])  # (reply tokens, vocab)
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return loss, int(keep.sum()), int(mask.sum())
 
     def evaluate(self, split: str = "val") -> float:
         """Mean loss per reply token over a split (dropout off, no gradients); nan for an empty split."""
@@ -288,10 +296,10 @@ class FinetuneRun:
         import torch
 
         total = self.total_steps
-        every = self.config.eval_every or max(1, total // 5)
+        every = self.config.eval_every or max(1, total // 4)
         save_every = self.config.save_every or every
         params = [p for p in self.model.parameters() if p.requires_grad]
-        started, tokens = time.perf_counter(), 0
+        started, tokens, base_done = time.perf_counter(), 0, dict(self.done)
         if self.step == 0 and self.rows["val"]:
             loss = self.evaluate("val")
             self.history.append({"step": 0, "val_loss": loss})
@@ -313,6 +321,8 @@ class FinetuneRun:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            self.done = {"train_seconds": base_done["train_seconds"] + time.perf_counter() - started,
+                         "tokens": base_done["tokens"] + tokens}
             mean = step_loss / max(labelled, 1)
             self.history.append({"step": self.step, "train_loss": mean, "lr": lr})
             on_event(FinetuneEvent("step", self.step, total, mean, "train", lr, tokens,
@@ -326,8 +336,10 @@ class FinetuneRun:
                 path = self.save_checkpoint(out)
                 on_event(FinetuneEvent("saved", self.step, total, path=str(path)))
         elapsed = time.perf_counter() - started
-        return {"steps": self.step, "tokens": tokens, "train_seconds": round(elapsed, 2),
-                "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else 0.0}
+        total_s, total_tokens = self.done["train_seconds"], self.done["tokens"]
+        return {"steps": self.step, "tokens": total_tokens, "train_seconds": round(total_s, 2),
+                "tokens_per_s": round(total_tokens / total_s, 1) if total_s > 0 else 0.0,
+                "this_session": {"tokens": tokens, "seconds": round(elapsed, 2)}}
 
     def peak_memory_bytes(self) -> int:
         import torch
@@ -350,7 +362,7 @@ class FinetuneRun:
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": self.step, "history": self.history,
+        (tmp / "state.json").write_text(json.dumps({"step": self.step, "history": self.history, "done": self.done,
                                                     "config": self.config.to_dict()}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -378,6 +390,7 @@ class FinetuneRun:
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.step, self.history = int(state["step"]), list(state["history"])
+        self.done = dict(state.get("done") or self.done)
         return self.step
 
     def save(self, out: Path, extra: dict | None = None) -> dict:

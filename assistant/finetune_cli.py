@@ -31,7 +31,7 @@ def _mb(n: int) -> str:
                    "never trained on.")
 @click.option("--batch-size", type=int, default=None, help="Tickets per micro-batch (default 4).")
 @click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step (default 1).")
-@click.option("--max-length", type=int, default=None, help="Longest rendered ticket in tokens (default 384).")
+@click.option("--max-length", type=int, default=None, help="Longest rendered ticket in tokens (default 512).")
 @click.option("--model", "-m", default=None, help="Base model (default: the settings model).")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the output folder.")
 @click.option("--merge", is_flag=True, help="Also write OUT/merged, a standalone model with the adapter folded in.")
@@ -139,7 +139,7 @@ def finetune_command(ctx, tickets, out, epochs, max_steps, lr, rank, val_fractio
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     click.echo(f"adapter: {out}")
     click.echo(f"steps {metrics['steps']}, {timing['tokens']:,} tokens in {timing['train_seconds']:.1f} s "
-               f"({timing['tokens_per_s']:,.0f} tokens/s)")
+               f"({timing['tokens_per_s']:,.0f} tokens/s, all sessions)")
     click.echo(f"train loss {fmt(metrics['first_train_loss'])} -> {fmt(metrics['final_train_loss'])}; validation "
                f"loss {fmt(metrics['initial_val_loss'])} -> {fmt(metrics['final_val_loss'])}; test loss "
                f"{fmt(test_loss)}")

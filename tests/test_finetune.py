@@ -215,7 +215,10 @@ def test_cli_end_to_end(tiny_model, ticket_file, ragdesk_env):
     assert again.exit_code != 0 and "already holds an adapter" in str(again.exception or again.output)
     resumed = runner.invoke(cli, ["finetune", str(ticket_file), "--resume", "--max-steps", "3", "--json"])
     assert resumed.exit_code == 0, resumed.output
-    assert json.loads(resumed.stdout)["steps"] == 3
+    resumed_metrics = json.loads(resumed.stdout)
+    assert resumed_metrics["steps"] == 3
+    # time and tokens of the first session are carried over through the checkpoint
+    assert resumed_metrics["tokens"] > resumed_metrics["this_session"]["tokens"] > 0
 
     listed = runner.invoke(cli, ["models", "--json"])
     assert str(out) in json.loads(listed.stdout)["adapters"]
@@ -233,3 +236,16 @@ def test_cli_bad_file_is_one_line_error(tmp_path):
                               capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reply_only_loss_matches_transformers_own_loss(tiny_model, tmp_path):
+    import torch
+
+    run = make_run(tiny_model, tmp_path)
+    run.model.eval()
+    ids, labels = run.rows["train"][0]
+    with torch.no_grad():
+        total, count, tokens = run._loss_sum([(ids, labels)])
+        want = run.model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+    assert tokens == len(ids) and count == sum(lab != -100 for lab in labels[1:])
+    assert abs(float(total) / count - float(want)) < 1e-5
