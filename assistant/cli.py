@@ -302,7 +302,9 @@ def models(ctx, json_out, show_settings, fetch):
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="ragdesk", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="ragdesk", standalone_mode=False)
+        if isinstance(code, int) and code:  # ctx.exit(n) returns n when click is not standalone
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

@@ -382,8 +382,8 @@ class FakeModel(LanguageModel):
         reply = self.reply
         if reply is None:
             passage = ""
-            if "[1]" in self.last_prompt:
-                passage = self.last_prompt.split("[1]", 1)[1].strip().split("\n", 1)[-1][:160]
+            if "\n[1] " in self.last_prompt:  # the first numbered passage: "[1] path (heading)\ntext"
+                passage = self.last_prompt.split("\n[1] ", 1)[1].split("\n", 1)[-1].split("\n\n")[0][:160]
             reply = (f"According to the documentation, {passage.strip()} [1]" if passage
                      else "I don't know: the passages do not say.")
         pieces = [p for p in _split_keep_space(reply)][: config.max_new_tokens]

@@ -83,3 +83,14 @@ def test_run_store_round_trip(tmp_path):
 
     assert migrations.apply(store.db) == []
     assert RunStore(tmp_path / "evals.db").resolve("latest") == second
+
+
+def test_eval_cli_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, evals, evals.cli; from assistant.cli import cli; cli.get_command(None, 'eval'); "
+            "heavy = [m for m in ('ragas', 'torch', 'transformers', 'langchain_core', 'faiss') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
