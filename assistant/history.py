@@ -47,8 +47,18 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
     db["messages"].create_index(["conversation_id", "id"])
 
 
+_last_stamp = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
+_stamp_lock = threading.Lock()
+
+
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    """A UTC timestamp that strictly increases within the process, so "most recently active first" never
+    ties on a fast machine (two writes in the same microsecond)."""
+    global _last_stamp
+    with _stamp_lock:
+        now = _dt.datetime.now(_dt.timezone.utc)
+        _last_stamp = now if now > _last_stamp else _last_stamp + _dt.timedelta(microseconds=1)
+        return _last_stamp.isoformat(timespec="microseconds")
 
 
 @dataclass
