@@ -79,8 +79,20 @@ class PromptLookupCandidates(CandidateGenerator):
     """Match the last n tokens (n = max_ngram..min_ngram) earlier in the sequence and propose what followed
     there. RAG answers quote their passages, so the prompt is a good draft for free."""
 
-    def __init__(self, config: SpeculativeConfig):
+    def __init__(self, config: SpeculativeConfig, adaptive: bool = True):
         self.config = config
+        self.adaptive = adaptive
+        # how many tokens to propose next: grows while proposals are accepted whole, shrinks when they miss,
+        # so a model that is not quoting pays for short verification passes only
+        self.length = config.lookup_tokens
+
+    def update_candidate_strategy(self, proposed: int, accepted: int) -> None:
+        if not self.adaptive or not proposed:
+            return
+        if accepted == proposed:
+            self.length = min(self.config.lookup_tokens, self.length + 2)
+        else:
+            self.length = max(1, accepted + 1, self.length - 2)
 
     def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
         n_ids = len(ids)
@@ -89,7 +101,7 @@ class PromptLookupCandidates(CandidateGenerator):
             # latest match first: recent context predicts best
             for start in range(n_ids - n - 1, -1, -1):
                 if ids[start:start + n] == tail:
-                    follow = ids[start + n:start + n + self.config.lookup_tokens]
+                    follow = ids[start + n:start + n + self.length]
                     if follow:
                         return list(follow)
         return []
