@@ -104,6 +104,39 @@ def load_document(path: Path, display_path: str | None = None) -> Document:
     return doc
 
 
+class _BlockBuilder:
+    """Collects paragraph lines into blocks under the current heading trail (shared by the line-based
+    loaders: Markdown, reStructuredText and plain text)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+        self.trail: list[tuple[int, str]] = []  # (level, heading)
+        self.para: list[str] = []
+        self.para_first = 0
+
+    def add_line(self, lineno: int, line: str) -> None:
+        if not self.para:
+            self.para_first = lineno
+        self.para.append(line)
+
+    def flush(self, upto: int) -> None:
+        if self.para:
+            self.blocks.append(Block("\n".join(self.para), self.current_trail(), self.para_first, upto))
+            self.para = []
+
+    def heading(self, level: int, title: str, first: int, last: int, raw: str) -> None:
+        while self.trail and self.trail[-1][0] >= level:
+            self.trail.pop()
+        self.trail.append((level, title))
+        self.blocks.append(Block(raw, self.current_trail(), first, last, heading=True))
+
+    def current_trail(self) -> tuple[str, ...]:
+        return tuple(h for _, h in self.trail)
+
+    def first_heading(self) -> str:
+        return next((b.trail[0] for b in self.blocks if b.heading and b.trail), "")
+
+
 # --- Markdown -------------------------------------------------------------------------------------------
 
 _ATX = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -118,60 +151,37 @@ def _strip_md_inline(text: str) -> str:
 
 def _load_markdown(text: str, path: str) -> Document:
     lines = text.split("\n")
-    blocks: list[Block] = []
-    trail: list[tuple[int, str]] = []  # (level, heading)
-    para: list[str] = []
-    para_first = 0
+    out = _BlockBuilder()
     i = 0
-
-    def flush(upto: int) -> None:
-        nonlocal para
-        if para:
-            blocks.append(Block("\n".join(para), tuple(h for _, h in trail), para_first, upto))
-            para = []
-
-    def push_heading(level: int, title: str, first: int, last: int, raw: str) -> None:
-        while trail and trail[-1][0] >= level:
-            trail.pop()
-        trail.append((level, title))
-        blocks.append(Block(raw, tuple(h for _, h in trail), first, last, heading=True))
-
     while i < len(lines):
         line = lines[i]
         lineno = i + 1
         if _FENCE.match(line):
-            flush(lineno - 1)
+            out.flush(lineno - 1)
             fence = _FENCE.match(line).group(1)
             j = i + 1
             while j < len(lines) and not lines[j].lstrip().startswith(fence):
                 j += 1
             j = min(j, len(lines) - 1)
-            blocks.append(Block("\n".join(lines[i:j + 1]), tuple(h for _, h in trail), lineno, j + 1))
+            out.blocks.append(Block("\n".join(lines[i:j + 1]), out.current_trail(), lineno, j + 1))
             i = j + 1
             continue
         m = _ATX.match(line)
         if m:
-            flush(lineno - 1)
-            push_heading(len(m.group(1)), _strip_md_inline(m.group(2)), lineno, lineno, line)
-            i += 1
-            continue
-        if para and len(para) == 1 and _SETEXT.match(line) and para[0].strip():
-            level = 1 if line.strip().startswith("=") else 2
-            title, first = para[0], para_first
-            para = []
-            push_heading(level, _strip_md_inline(title), first, lineno, title + "\n" + line)
-            i += 1
-            continue
-        if not line.strip():
-            flush(lineno - 1)
+            out.flush(lineno - 1)
+            out.heading(len(m.group(1)), _strip_md_inline(m.group(2)), lineno, lineno, line)
+        elif len(out.para) == 1 and _SETEXT.match(line) and out.para[0].strip():
+            title, first = out.para[0], out.para_first
+            out.para = []
+            out.heading(1 if line.strip().startswith("=") else 2, _strip_md_inline(title), first, lineno,
+                        title + "\n" + line)
+        elif not line.strip():
+            out.flush(lineno - 1)
         else:
-            if not para:
-                para_first = lineno
-            para.append(line)
+            out.add_line(lineno, line)
         i += 1
-    flush(len(lines))
-    title = next((b.trail[0] for b in blocks if b.heading and b.trail), Path(path).stem)
-    return Document.from_blocks(path, title, "markdown", "line", blocks)
+    out.flush(len(lines))
+    return Document.from_blocks(path, out.first_heading() or Path(path).stem, "markdown", "line", out.blocks)
 
 
 # --- reStructuredText and plain text ----------------------------------------------------------------------
@@ -184,56 +194,40 @@ def _load_underlined(text: str, path: str, kind: str) -> Document:
     heading levels follow the order in which adornment styles first appear, as docutils does."""
     lines = text.split("\n")
     styles: list[tuple[str, bool]] = []
-    trail: list[tuple[int, str]] = []
-    blocks: list[Block] = []
-    para: list[str] = []
-    para_first = 0
+    out = _BlockBuilder()
     i = 0
-
-    def flush(upto: int) -> None:
-        nonlocal para
-        if para:
-            blocks.append(Block("\n".join(para), tuple(h for _, h in trail), para_first, upto))
-            para = []
-
     while i < len(lines):
         line = lines[i]
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
         over = _ADORN.match(line)
         # overlined heading: ===== / Title / =====
         if over and i + 2 < len(lines) and lines[i + 1].strip() and _ADORN.match(lines[i + 2]) \
-                and lines[i + 2].strip()[0] == line.strip()[0] and not para:
+                and lines[i + 2].strip()[0] == line.strip()[0] and not out.para:
             style, title, first, last = (line.strip()[0], True), lines[i + 1].strip(), i + 1, i + 3
             raw = "\n".join(lines[i:i + 3])
             i += 3
-        elif line.strip() and not para and _ADORN.match(nxt) and len(nxt.strip()) >= len(line.strip()) \
+        elif line.strip() and not out.para and _ADORN.match(nxt) and len(nxt.strip()) >= len(line.strip()) \
                 and not _ADORN.match(line):
             style, title, first, last = (nxt.strip()[0], False), line.strip(), i + 1, i + 2
             raw = line + "\n" + nxt
             i += 2
         else:
             if not line.strip():
-                flush(i)
+                out.flush(i)
             else:
-                if not para:
-                    para_first = i + 1
-                para.append(line)
+                out.add_line(i + 1, line)
             i += 1
             continue
-        flush(first - 1)
+        out.flush(first - 1)
         if style not in styles:
             styles.append(style)
-        level = styles.index(style) + 1
-        while trail and trail[-1][0] >= level:
-            trail.pop()
-        trail.append((level, title))
-        blocks.append(Block(raw, tuple(h for _, h in trail), first, last, heading=True))
-    flush(len(lines))
-    title = next((b.trail[0] for b in blocks if b.heading and b.trail), "")
+        out.heading(styles.index(style) + 1, title, first, last, raw)
+    out.flush(len(lines))
+    title = out.first_heading()
     if not title:
         first_line = text.strip().split("\n", 1)[0].strip()
         title = first_line if 0 < len(first_line) <= 80 else Path(path).stem
-    return Document.from_blocks(path, title, kind, "line", blocks)
+    return Document.from_blocks(path, title, kind, "line", out.blocks)
 
 
 def _load_rst(text: str, path: str) -> Document:
