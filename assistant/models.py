@@ -383,7 +383,8 @@ class FakeModel(LanguageModel):
         if reply is None:
             passage = ""
             if "\n[1] " in self.last_prompt:  # the first numbered passage: "[1] path (heading)\ntext"
-                header, _, body = self.last_prompt.split("\n[1] ", 1)[1].partition("\n")
+                first = self.last_prompt.split("\n[1] ", 1)[1].split("\n\n[2] ")[0].split("\n\nQuestion: ")[0]
+                header, _, body = first.partition("\n")
                 passage = f"{header}: {' '.join(body.split())[:200]}"
             reply = (f"According to the documentation, {passage.strip()} [1]" if passage
                      else "I don't know: the passages do not say.")

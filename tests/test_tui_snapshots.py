@@ -17,6 +17,14 @@ from retrieval import Passage
 SIZE = (140, 36)
 
 
+def _steady_cursor(app) -> None:
+    """A blinking cursor is on or off depending on when the screenshot is taken; keep it on."""
+    from textual.widgets import Input
+
+    for widget in app.query(Input):
+        widget.cursor_blink = False
+
+
 async def _until(pilot, cond, timeout: float = 10.0) -> None:
     end = time.monotonic() + timeout
     while not cond() and time.monotonic() < end:
@@ -55,12 +63,14 @@ def test_restored_conversation_with_sources(snap_compare, indexed):
     app = RagdeskApp(load_settings(), engine_factory=lambda s: Engine(s, model=FakeModel(), collection=indexed))
 
     async def run_before(pilot):
+        _steady_cursor(pilot.app)
         await _until(pilot, lambda: app.engine is not None and app.status.state == "ready")
         await app.open_conversation(conv)
         answers = app.chat.answers()
         app.select_answer_box(answers[0])
         app.show_source(2)
         await _until(pilot, lambda: all(box.markdown.children for box in app.chat.answers()))
+        _steady_cursor(pilot.app)
         await pilot.wait_for_scheduled_animations()
         await pilot.pause(0.3)
 
@@ -71,7 +81,9 @@ def test_no_index_yet(snap_compare):
     app = RagdeskApp(load_settings(), engine_factory=lambda s: Engine(s, model=FakeModel()))
 
     async def run_before(pilot):
+        _steady_cursor(pilot.app)
         await _until(pilot, lambda: app.query(Notice) and app.query(Notice).first().has_class("warning"))
+        _steady_cursor(pilot.app)
         await pilot.wait_for_scheduled_animations()
         await pilot.pause(0.3)
 
@@ -82,8 +94,10 @@ def test_help_screen(snap_compare, indexed):
     app = RagdeskApp(load_settings(), engine_factory=lambda s: Engine(s, model=FakeModel(), collection=indexed))
 
     async def run_before(pilot):
+        _steady_cursor(pilot.app)
         await _until(pilot, lambda: app.engine is not None and app.status.state == "ready")
         await pilot.press("f1")
+        _steady_cursor(pilot.app)
         await pilot.wait_for_scheduled_animations()
         await pilot.pause(0.3)
 
