@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.engine import cited_numbers
+from assistant.engine import attribute_citations, cited_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 RAGDESK = Path(sys.executable).with_name("ragdesk")
@@ -68,7 +68,10 @@ def test_chat_in_tmux_answers_with_citations_and_remembers(tmp_path, real_models
     _wait_pane(lambda p: "· ready" in p, 600, "the model to load")
     _tmux("send-keys", "-t", SESSION, QUESTION, "Enter")
     pane = _wait_pane(lambda p: "last answer:" in p, 600, "the answer")
-    assert "[1]" in pane and "tok/s" in pane and "smollm2-135m" in pane
+    assert "tok/s" in pane and "smollm2-135m" in pane
+    # the answer names its passages: [n] written by the model, or matched by ragdesk when the small model
+    # wrote none (said so on screen)
+    assert "cites [" in pane or "supported by [" in pane, pane
 
     from assistant.history import History
 
@@ -77,7 +80,8 @@ def test_chat_in_tmux_answers_with_citations_and_remembers(tmp_path, real_models
     question, answer = h.messages(conv.id)
     assert question.content == QUESTION
     assert answer.status == "complete" and answer.content and len(answer.sources) >= 1
-    assert cited_numbers(answer.content, len(answer.sources)), answer.content  # a cited answer
+    assert cited_numbers(answer.content, len(answer.sources)) or attribute_citations(
+        answer.content, answer.sources), answer.content  # the stored answer is backed by a passage
     h.close()
 
     _tmux("send-keys", "-t", SESSION, "C-q")

@@ -35,9 +35,24 @@ def link_citations(text: str, n_sources: int) -> str:
     return _CITATION.sub(repl, text)
 
 
-def meta_line(status: str, error: str, usage: dict[str, Any], timings: dict[str, Any], model: str) -> Text:
-    """The small line under an answer: status, tokens, speed (literal text)."""
-    parts = []
+def citation_note(text: str, sources: list["Passage"]) -> str:
+    """Which passages back an answer: the [n] the model wrote, or, when it wrote none, the passages that
+    hold its words (matched by ragdesk, and said so)."""
+    if not text or not sources:
+        return ""
+    from assistant.engine import attribute_citations, cited_numbers, is_refusal
+
+    cited = cited_numbers(text, len(sources))
+    if cited:
+        return "cites " + " ".join(f"[{n}]" for n in cited)
+    matched = [] if is_refusal(text) else attribute_citations(text, sources)
+    return ("supported by " + " ".join(f"[{n}]" for n in matched) + " (matched by ragdesk)") if matched else ""
+
+
+def meta_line(status: str, error: str, usage: dict[str, Any], timings: dict[str, Any], model: str,
+              note: str = "") -> Text:
+    """The small line under an answer: status, citations, tokens, speed (literal text)."""
+    parts = [note] if note else []
     if status == "cancelled":
         parts.append("cancelled" + (" (interrupted)" if error == "interrupted" else ""))
     elif status == "failed":

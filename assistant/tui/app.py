@@ -26,7 +26,7 @@ from textual.widgets import Button, Footer, Input, Markdown, OptionList, Static
 
 from ._actions import CORPUS_DIR, ChatActions
 from ._commands import RagdeskCommands
-from ._widgets import AnswerBox, ChatView, ConversationList, SourcesPanel, StatusLine, meta_line
+from ._widgets import AnswerBox, ChatView, ConversationList, SourcesPanel, StatusLine, citation_note, meta_line
 
 __all__ = ["CORPUS_DIR", "RagdeskApp"]
 
@@ -340,7 +340,9 @@ class RagdeskApp(ChatActions, App):
                                     dataclasses.asdict(a.cost))
             box = self.chat.answer(event.msg_id)
             if box is not None:
-                await box.finish(a.text, a.sources, a.status, meta_line(a.status, a.error, usage, timings, a.model))
+                note = citation_note(a.text, a.sources) if a.status != "failed" else ""
+                await box.finish(a.text, a.sources, a.status,
+                                 meta_line(a.status, a.error, usage, timings, a.model, note))
                 if self.selected_msg == event.msg_id:
                     self.sources.show_sources(a.sources, a.cited)
             self.status.show_answer(usage, timings, cost)
@@ -380,8 +382,9 @@ class RagdeskApp(ChatActions, App):
             text = self._live.get(m.id, m.content) if live else m.content
             sources = self._live_sources.get(m.id) or m.sources if live else m.sources
             status = "pending" if live else m.status
+            note = citation_note(text, sources) if status in ("complete", "cancelled") else ""
             await self.chat.add_answer(AnswerBox(m.id, text, sources, status,
-                                                 meta_line(status, m.error, m.usage, m.timings, m.model)))
+                                                 meta_line(status, m.error, m.usage, m.timings, m.model, note)))
             last = m
         self.chat.scroll_end(animate=False)
         self.selected_msg = last.id if last else None
