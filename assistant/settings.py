@@ -43,7 +43,7 @@ class Settings:
     draft_model: str = field(default="", metadata={"doc": "draft model for --speculative draft (preset, id, path)"})
     adapter: str = field(default="", metadata={"doc": "LoRA adapter folder applied on top of the model"})
     speculative: str = field(default="prompt-lookup", metadata={"doc": "off, prompt-lookup or draft"})
-    lookup_tokens: int = field(default=10, metadata={"doc": "tokens proposed per prompt-lookup step"})
+    lookup_tokens: int = field(default=4, metadata={"doc": "most tokens proposed per prompt-lookup step"})
     lookup_ngram: int = field(default=3, metadata={"doc": "longest n-gram matched by prompt lookup"})
     draft_tokens: int = field(default=5, metadata={"doc": "tokens the draft model proposes per step"})
     max_new_tokens: int = field(default=256, metadata={"doc": "longest answer, in model tokens"})
