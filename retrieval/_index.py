@@ -379,9 +379,11 @@ class Collection:
         return ids
 
     # ---- search -----------------------------------------------------------------------------------------
-    def dense_ranking(self, query: str, depth: int, qvec: np.ndarray | None = None) -> list[tuple[int, float]]:
+    def dense_ranking(self, query: str, depth: int, qvec: np.ndarray | None = None,
+                      index: VectorIndex | None = None) -> list[tuple[int, float]]:
+        index = index or self.vector_index()
         qvec = self.embedder.embed_query(query) if qvec is None else qvec
-        scores, ids = self.vector_index().search(qvec, depth, self.search_config.ef_search)
+        scores, ids = index.search(qvec, depth, self.search_config.ef_search)
         return [(int(i), float(s)) for i, s in zip(ids, scores)]
 
     def bm25_ranking(self, query: str, depth: int) -> list[tuple[int, float]]:
@@ -407,9 +409,10 @@ class Collection:
         if mode == "hybrid":
             # the BM25 query runs while the query is embedded: both release the GIL, and at 100K chunks
             # they cost about the same, so this roughly halves hybrid latency on two or more cores
+            index = self.vector_index()  # its freshness check reads SQLite: do it before BM25 holds the connection
             with ThreadPoolExecutor(max_workers=1) as pool:
                 bm25 = pool.submit(self.bm25_ranking, query, depth)
-                rankings["dense"] = self.dense_ranking(query, depth)
+                rankings["dense"] = self.dense_ranking(query, depth, index=index)
                 rankings["bm25"] = bm25.result()
         elif mode == "dense":
             rankings["dense"] = self.dense_ranking(query, k)
