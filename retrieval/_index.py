@@ -193,13 +193,12 @@ class Collection:
     def _sync_faiss(self, added: dict[int, np.ndarray], removed: list[int]) -> None:
         """Bring the FAISS file up to the current generation, incrementally where the index type allows."""
         current = self._faiss or VectorIndex.load(self.root / "vectors.faiss")
-        n = self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
-        kind = self._wanted_kind(n)
+        now = np.array([r[0] for r in self.db.execute("SELECT chunk_id FROM vectors")], dtype=np.int64)
+        kind = self._wanted_kind(len(now))
         expected_before = None
         if current is not None:
             # the file must describe the state before this run's changes for an incremental update
-            before = {r[0] for r in self.db.execute("SELECT chunk_id FROM vectors")}
-            before = (before - set(added)) | set(removed)
+            before = (set(now.tolist()) - set(added)) | set(removed)
             expected_before = ids_digest(np.array(sorted(before), dtype=np.int64))
         incremental = (current is not None and current.ids_digest == expected_before and current.kind == kind
                        and (kind == "flat" or not removed))
@@ -211,9 +210,8 @@ class Collection:
         if added:
             ids = np.array(list(added), dtype=np.int64)
             current.index.add_with_ids(np.stack([added[i] for i in ids]).astype(np.float32), ids)
-        all_ids = np.array([r[0] for r in self.db.execute("SELECT chunk_id FROM vectors")], dtype=np.int64)
         current.generation = self.generation
-        current.ids_digest = ids_digest(all_ids)
+        current.ids_digest = ids_digest(now)
         current.save(self.root / "vectors.faiss")
         self._faiss = current
 
