@@ -84,6 +84,8 @@ class Answer:
     cited: list[int] = field(default_factory=list)  # [n] numbers that appear in the text and exist
     citation_mode: str = "none"  # "model" (the answer wrote [n]), "attributed" (matched by ragdesk), "none"
     token_ids: list[int] = field(default_factory=list)  # the completion, for lossless checks
+    finish_reason: str = ""  # stop, length, cancelled, error (from the model's Completion)
+    usage_exact: bool = True  # False: the token counts are an estimate (a server that reports none)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class Answer:
             "sources": [p.to_source(i + 1) for i, p in enumerate(self.sources)],
             "usage": {"prompt_tokens": self.usage.prompt_tokens,
                       "completion_tokens": self.usage.completion_tokens},
+            "usage_exact": self.usage_exact,
             "timings": {"retrieval_ms": round(self.timings.retrieval_ms, 2), "ttft_ms": round(self.timings.ttft_ms, 2),
                         "total_ms": round(self.timings.total_ms, 2),
                         "tokens_per_s": round(self.timings.tokens_per_s, 2)},
@@ -101,6 +104,8 @@ class Answer:
             "cited": self.cited,
             "citation_mode": self.citation_mode,
             "status": self.status,
+            "finish_reason": self.finish_reason,
+            **({"error": self.error} if self.error else {}),
             "model": self.model,
             "device": self.device,
         }

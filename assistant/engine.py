@@ -2,11 +2,16 @@
 (speculatively), stream, and account for tokens, time and cost.
 
 `Engine.stream` is the one path every caller uses (`ask`, `chat`, `eval`, `bench`), so what is measured is what
-users get. Not here: storage of conversations (history.py), presentation (cli.py, tui/).
+users get. The engine sees the model only through `ChatModel` (messages in, text pieces and a `Completion`
+out), so a local transformers model and a served one take the same path. Several threads may call `stream` at
+once (eval and batch concurrency): retrieval is serialized (it is milliseconds), generation is serialized only
+for models that cannot run concurrently. Not here: storage of conversations (history.py), presentation
+(cli.py, tui/).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -14,12 +19,10 @@ from typing import Callable, Iterator, Sequence
 
 from retrieval import Collection, Passage, SearchConfig, get_embedder
 from retrieval._chunking import ChunkingConfig
-from retrieval.errors import InputError, ModelError
+from retrieval.errors import InputError, ModelError, RagdeskError
 
-from ._decoding import (CrossTokenizerDraftCandidates, DecodingConfig, DecodingStats, DraftModelCandidates,
-                        PromptLookupCandidates, SpeculativeConfig)
-from .answer import Answer, AnswerEvent, Cost, Retrieved, SpeculativeStats, Timings, TokenArrived, TokenUsage, Turn
-from .models import LanguageModel, PRESETS, load_model
+from .answer import Answer, AnswerEvent, Cost, Retrieved, Timings, TokenArrived, Turn
+from .models import PRESETS, ChatModel, Completion, generation_config, load_model
 from .settings import Settings
 
 __all__ = ["Engine", "REFUSAL", "attribute_citations", "build_messages", "cited_numbers", "is_refusal"]
@@ -126,13 +129,14 @@ def build_messages(question: str, passages: Sequence[Passage], history: Sequence
 class Engine:
     """Loads the embedder, the collection and the model once, then answers questions."""
 
-    def __init__(self, settings: Settings, model: LanguageModel | None = None,
+    def __init__(self, settings: Settings, model: ChatModel | None = None,
                  collection: Collection | None = None):
         self.settings = settings
         self.model = model
         self.collection = collection
-        self.draft = None
-        self._lock = threading.Lock()
+        self.draft: ChatModel | None = None
+        self._gen_lock = threading.Lock()
+        self._search_lock = threading.Lock()
 
     # ---- loading ----------------------------------------------------------------------------------------
     def load(self, progress: Callable[[str], None] | None = None) -> "Engine":
@@ -155,8 +159,7 @@ class Engine:
             if not name:
                 raise ModelError("--speculative draft needs a draft model", "pass --draft-model NAME or PATH")
             self.draft = load_model(name, s, progress)
-            if not hasattr(self.draft, "tokenizer"):
-                raise ModelError(f"draft model {name} is not a transformers model", "pass a model folder or preset")
+            self.model.attach_draft(self.draft)
         return self
 
     @property
@@ -173,25 +176,19 @@ class Engine:
 
     # ---- answering --------------------------------------------------------------------------------------
     def retrieve(self, question: str) -> list[Passage]:
-        return self.collection.search(question, k=self.settings.top_k, mode=self.settings.search_mode)
+        with self._search_lock:
+            return self.collection.search(question, k=self.settings.top_k, mode=self.settings.search_mode)
 
-    def _candidates(self, messages: list[dict[str, str]]):
+    def _method(self) -> str:
         s = self.settings
-        if s.speculative == "off" or not self.model.supports_speculative:
-            return None, "off"
-        spec = SpeculativeConfig(s.speculative, s.lookup_tokens, s.lookup_ngram, 1, s.draft_tokens)
-        if s.speculative == "draft":
-            if self.draft is None:
-                self.load()
-            if self.draft.tokenizer.get_vocab() == self.model.tokenizer.get_vocab():
-                return DraftModelCandidates(self.draft.model, spec), "draft"
-            return CrossTokenizerDraftCandidates(self.draft.model, self.draft.tokenizer, self.model.tokenizer,
-                                                 self.draft.encode_chat(messages), spec), "draft-universal"
-        return PromptLookupCandidates(spec), "prompt-lookup"
+        if not self.model.supports_speculative:
+            return "off"
+        return s.speculative
 
     def stream(self, question: str, history: Sequence[Turn] = (),
                cancel: threading.Event | None = None) -> Iterator[AnswerEvent]:
-        """Yield Retrieved, then TokenArrived pieces, then the finished Answer (also when cancelled)."""
+        """Yield Retrieved, then TokenArrived pieces, then the finished Answer (also when cancelled or
+        failed: the partial text is kept)."""
         question = question.strip()
         if not question:
             raise InputError("the question is empty", "type a question")
@@ -202,51 +199,49 @@ class Engine:
         passages = self.retrieve(question)
         t_retrieved = time.perf_counter()
         yield Retrieved(passages)
-        messages = build_messages(question, passages, history, self.model.count_tokens, self.context_budget())
-        prompt_ids = self.model.encode_chat(messages)
-        candidates, method = self._candidates(messages)
-        config = DecodingConfig(s.max_new_tokens, s.repetition_penalty, self.model.stop_ids)
-        stats = DecodingStats()
+        model = self.model
+        messages = build_messages(question, passages, history, model.count_tokens, self.context_budget())
+        config = generation_config(s, self._method())
         answer = Answer(question=question, sources=passages, model=self.model_name, device=self.device)
-        tokens: list[int] = []
-        text = ""
-        t_first = None
+        text, done, t_first = "", None, None
+        lock = contextlib.nullcontext() if model.supports_concurrency else self._gen_lock
         try:
-            with self._lock:  # one generation at a time per engine (the chat app may fire twice)
-                for step in self.model.generate(prompt_ids, config, candidates, cancel, stats):
+            with lock:  # a local model answers one question at a time
+                for piece in model.stream(messages, config, cancel):
+                    if isinstance(piece, Completion):
+                        done = piece
+                        continue
                     if t_first is None:
                         t_first = time.perf_counter()
-                    tokens.extend(step)
-                    new_text = self.model.decode(tokens)
-                    # hold back a trailing replacement char: a multi-byte character may be half decoded
-                    stable = new_text.rstrip("\ufffd")
-                    if len(stable) > len(text) and stable.startswith(text):
-                        yield TokenArrived(stable[len(text):])
-                        text = stable
-            final = self.model.decode(tokens)
-            if final.startswith(text) and len(final) > len(text):
-                yield TokenArrived(final[len(text):])
-            text = final
-            answer.status = "cancelled" if stats.stopped == "cancelled" else "complete"
+                    text += piece
+                    yield TokenArrived(piece)
+        except RagdeskError as exc:  # e.g. the server refused the request: one line, kept with the answer
+            answer.status, answer.error = "failed", str(exc)
         except Exception as exc:  # a generation error ends this answer, not the program
-            answer.status = "failed"
-            answer.error = f"{type(exc).__name__}: {exc}"
+            answer.status, answer.error = "failed", f"{type(exc).__name__}: {exc}"
         t_end = time.perf_counter()
+        if done is not None:
+            text = done.text or text
+            answer.status = {"cancelled": "cancelled", "error": "failed"}.get(done.finish_reason, "complete")
+            answer.error = done.error
+            answer.usage, answer.speculative, answer.token_ids = done.usage, done.speculative, done.token_ids
+            answer.finish_reason, answer.usage_exact = done.finish_reason, done.usage_exact
+        elif answer.status == "complete":
+            answer.status = "cancelled" if cancel is not None and cancel.is_set() else "failed"
         answer.text = text.strip()
-        answer.token_ids = tokens
         answer.cited = cited_numbers(answer.text, len(passages))
         answer.citation_mode = "model" if answer.cited else "none"
         if not answer.cited and answer.text and not is_refusal(answer.text):
             answer.cited = attribute_citations(answer.text, passages)
             answer.citation_mode = "attributed" if answer.cited else "none"
-        answer.usage = TokenUsage(len(prompt_ids), len(tokens))
+        n_out = answer.usage.completion_tokens
         decode_s = (t_end - t_first) if t_first else 0.0
         answer.timings = Timings(
             retrieval_ms=(t_retrieved - t0) * 1000, ttft_ms=((t_first or t_end) - t0) * 1000,
             total_ms=(t_end - t0) * 1000, generation_ms=(t_end - t_retrieved) * 1000,
-            tokens_per_s=(len(tokens) - 1) / decode_s if decode_s > 0 and len(tokens) > 1 else 0.0)
-        answer.speculative = SpeculativeStats(method, stats.draft_tokens, stats.accepted_tokens, stats.steps)
-        answer.cost = Cost(len(prompt_ids) / 1000 * s.price_input_per_1k, len(tokens) / 1000 * s.price_output_per_1k,
+            tokens_per_s=(n_out - 1) / decode_s if decode_s > 0 and n_out > 1 else 0.0)
+        n_in = answer.usage.prompt_tokens
+        answer.cost = Cost(n_in / 1000 * s.price_input_per_1k, n_out / 1000 * s.price_output_per_1k,
                            (t_end - t0) / 3600 * s.device_cost_per_hour)
         yield answer
 

@@ -40,6 +40,16 @@ class Settings:
     top_k: int = field(default=4, metadata={"doc": "passages retrieved per question"})
     search_mode: str = field(default="hybrid", metadata={"doc": "hybrid, dense or bm25"})
     model: str = field(default="smollm2-135m", metadata={"doc": "preset name, HF id, model folder or .gguf file"})
+    base_url: str = field(default="", metadata={"doc": "OpenAI-compatible server for --model NAME "
+                                                  "(http://HOST:PORT/v1; or give --model URL#NAME)"})
+    api_key: str = field(default="", metadata={"doc": "API key for the server (RAGDESK_API_KEY); never printed "
+                                                 "or stored", "secret": True})
+    request_timeout: float = field(default=120.0, metadata={"doc": "seconds to wait for a server's next "
+                                                                 "chunk (and its first)"})
+    connect_timeout: float = field(default=10.0, metadata={"doc": "seconds to wait for a server to accept "
+                                                                "the connection"})
+    concurrency: int = field(default=1, metadata={"doc": "answers at once in eval and ask --batch (pays "
+                                                          "off against a server)"})
     draft_model: str = field(default="", metadata={"doc": "draft model for --speculative draft (preset, id, path)"})
     adapter: str = field(default="", metadata={"doc": "LoRA adapter folder applied on top of the model"})
     speculative: str = field(default="prompt-lookup", metadata={"doc": "off, prompt-lookup or draft"})
@@ -65,13 +75,17 @@ class Settings:
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not valid", f"use one of {', '.join(allowed)}")
-        for name in ("chunk_tokens", "top_k", "max_new_tokens", "lookup_tokens", "lookup_ngram", "draft_tokens"):
+        for name in ("chunk_tokens", "top_k", "max_new_tokens", "lookup_tokens", "lookup_ngram", "draft_tokens",
+                     "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
         for name in ("price_input_per_1k", "price_output_per_1k", "device_cost_per_hour", "context_window",
                      "threads", "chunk_overlap"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
+        for name in ("request_timeout", "connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive number of seconds")
         if self.repetition_penalty <= 0:
             raise ConfigError(f"repetition_penalty={self.repetition_penalty} must be positive")
         if not self.collection or "/" in self.collection or self.collection.startswith("."):
@@ -97,8 +111,14 @@ class Settings:
     def evals_db(self) -> Path:
         return self.home_path / "evals.db"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_dict(self, secrets: bool = False) -> dict[str, Any]:
+        """Every setting; secrets (the API key) are shown as "***" when set, unless `secrets`."""
+        out = dataclasses.asdict(self)
+        if not secrets:
+            for f in fields(Settings):
+                if f.metadata.get("secret") and out[f.name]:
+                    out[f.name] = "***"
+        return out
 
     @staticmethod
     def docs() -> dict[str, str]:

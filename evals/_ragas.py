@@ -3,8 +3,8 @@
 Always scored (no language model): ragas' non-LLM context precision and recall (gold passages vs retrieved,
 by string similarity), ROUGE-L, string presence and semantic similarity (the bundled MiniLM through
 `ragas.embeddings.HuggingFaceEmbeddings`, or the collection's own embedder when that is not MiniLM). With a
-judge: faithfulness, answer relevancy and LLM context precision. A judge is a local model (`LocalJudge`, any
-ragdesk model name), an OpenAI-compatible URL (`llm_factory` over `AsyncOpenAI(base_url=...)`), or any
+judge: faithfulness, answer relevancy and LLM context precision. A judge is any ragdesk model, resolved as
+`--model` is (`ModelJudge`: a preset or folder, or an OpenAI-compatible server `URL#MODEL`), or any
 `InstructorBaseRagasLLM`. Every judge call goes through `CountingJudge`, which turns unparseable output into
 `JudgeParseError` so the harness can count it per metric instead of dropping the sample or scoring it.
 
@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise RagdeskError(f"ragdesk eval needs ragas ({exc.name or exc} is missing)",
                        "pip install 'ragdesk[eval]'") from None
 
-__all__ = ["CountingJudge", "JudgeParseError", "LocalJudge", "RagasSample", "RetrievalEmbeddings",
+__all__ = ["CountingJudge", "JudgeParseError", "LocalJudge", "ModelJudge", "RagasSample", "RetrievalEmbeddings",
            "build_metrics", "make_embeddings", "make_judge", "score_samples"]
 
 
@@ -119,32 +119,37 @@ def parse_structured(text: str, response_model):
     raise JudgeParseError(f"{problem}; output began {text[:80]!r}")
 
 
-class LocalJudge(InstructorBaseRagasLLM):
-    """A ragdesk `LanguageModel` as a ragas judge: greedy decoding of the ragas prompt, JSON parsed and
-    validated here. Small local models often break the schema; that shows up as parse failures."""
-
-    concurrency = 1  # one model, one generation at a time
+class ModelJudge(InstructorBaseRagasLLM):
+    """Any ragdesk `ChatModel` (local, or a server through the same resolver as `--model`) as a ragas judge:
+    greedy decoding of the ragas prompt, JSON parsed and validated here. Small local models often break the
+    schema; that shows up as parse failures."""
 
     def __init__(self, model, max_new_tokens: int = 256):
         self.model = model
         self.name = getattr(model, "name", "local")
         self.max_new_tokens = max_new_tokens
+        # one local model generates one answer at a time; a server batches concurrent requests
+        self.concurrency = 4 if getattr(model, "supports_concurrency", False) else 1
 
     def complete(self, prompt: str) -> str:
-        from assistant._decoding import DecodingConfig, DecodingStats
+        from assistant.models import GenerationConfig
 
-        ids = self.model.encode_chat([{"role": "user", "content": prompt}])
-        tokens: list[int] = []
-        config = DecodingConfig(self.max_new_tokens, 1.0, tuple(self.model.stop_ids))
-        for step in self.model.generate(ids, config, None, None, DecodingStats()):
-            tokens.extend(step)
-        return self.model.decode(tokens)
+        done = self.model.complete([{"role": "user", "content": prompt}],
+                                   GenerationConfig(self.max_new_tokens, 1.0))
+        if done.finish_reason == "error":
+            raise RuntimeError(done.error)
+        return done.text
 
     def generate(self, prompt: str, response_model):
         return parse_structured(self.complete(prompt), response_model)
 
     async def agenerate(self, prompt: str, response_model):
+        if self.concurrency > 1:
+            return await asyncio.to_thread(self.generate, prompt, response_model)
         return self.generate(prompt, response_model)
+
+
+LocalJudge = ModelJudge  # the name earlier runs and tests use
 
 
 def _is_parse_error(exc: BaseException) -> bool:
@@ -200,30 +205,24 @@ class CountingJudge(InstructorBaseRagasLLM):
 
 
 def make_judge(spec: Any, settings, reuse=None) -> CountingJudge:
-    """A counting judge from `--judge`: an `InstructorBaseRagasLLM`, an http(s) URL of an OpenAI-compatible
-    server (`URL` or `URL#model`), or a ragdesk model name/path (reusing `reuse` when it is that model)."""
+    """A counting judge from `--judge`: an `InstructorBaseRagasLLM`, or a model spec resolved exactly as
+    `--model` is (preset, folder, `.gguf`, `URL#MODEL`), reusing `reuse` when it is that model. A server
+    judge is not contacted until the first judgement, so an unreachable one marks scores as errors."""
     if isinstance(spec, CountingJudge):
         return spec
     if isinstance(spec, InstructorBaseRagasLLM):
         return CountingJudge(spec)
     spec = str(spec)
-    if spec.startswith(("http://", "https://")):
-        from openai import AsyncOpenAI, OpenAIError
-        from ragas.llms import llm_factory
+    from assistant.models import load_model, server_model
 
-        url, _, model = spec.partition("#")
-        try:  # the openai client finds its own OPENAI_API_KEY; local servers need none
-            client = AsyncOpenAI(base_url=url, max_retries=1, timeout=300)
-        except OpenAIError:
-            client = AsyncOpenAI(base_url=url, api_key="ragdesk-local", max_retries=1, timeout=300)
-        return CountingJudge(llm_factory(model or "default", client=client, max_retries=1), label=spec)
-    from assistant.models import load_model
-
+    served = server_model(spec, settings)
+    if served is not None:
+        return CountingJudge(ModelJudge(served), label=spec)
     if reuse is not None and getattr(reuse, "name", None) == spec:
         model = reuse
     else:
         model = load_model(spec, settings)
-    return CountingJudge(LocalJudge(model), label=spec)
+    return CountingJudge(ModelJudge(model), label=spec)
 
 
 # ---- metrics -------------------------------------------------------------------------------------------------
@@ -275,7 +274,7 @@ def build_metrics(embeddings, judge: CountingJudge | None = None, strictness: in
                 answerable, lambda m, s: _value(m.ascore(reference=s.reference, response=s.answer))),
     ]
     if judge is not None:
-        k = strictness or (1 if isinstance(judge.inner, LocalJudge) else 3)
+        k = strictness or (1 if (isinstance(judge.inner, ModelJudge) and judge.inner.concurrency == 1) else 3)
         out += [
             _Metric("faithfulness", Faithfulness(llm=judge, name="faithfulness"), judged_answer,
                     lambda m, s: _value(m.ascore(user_input=s.question, response=s.answer,

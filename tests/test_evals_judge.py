@@ -1,5 +1,5 @@
 """The judge path against an OpenAI-compatible server: a tiny HTTP server on 127.0.0.1 that answers ragas'
-structured prompts with canned JSON verdicts, and with unparseable text for one question, which must show up
+structured prompts with canned JSON verdicts (streamed, as ragdesk's server backend asks), and with unparseable text for one question, which must show up
 as a counted parse failure rather than a score."""
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ class _Handler(BaseHTTPRequestHandler):
             content = "Sorry, I cannot produce JSON for that."  # the judge misbehaves on one question
         else:
             content = json.dumps(VERDICTS[kind]) if kind else "{}"
-        reply = {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model", "m"),
-                 "choices": [{"index": 0, "finish_reason": "stop",
-                              "message": {"role": "assistant", "content": content}}],
-                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
-        data = json.dumps(reply).encode()
+        base = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m")}
+        chunks = [base | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": content}}]},
+                  base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                  base | {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}]
+        data = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/event-stream")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -36,13 +36,16 @@ def corpus_index(real_env):
 
 
 def test_default_model_fetch_convert_and_cached_reload(real_env, monkeypatch):
-    from assistant import models
+    from assistant.models import _presets as models
     from assistant.settings import load_settings
 
     s = load_settings()
     folder = models.resolve_model_folder("smollm2-135m", s, progress=lambda m: None)
-    assert (folder / "model.safetensors").exists() and json.loads((folder / "ragdesk.json").read_text())[
-        "gguf_sha256"] == models.PRESETS["smollm2-135m"].gguf_sha256
+    meta = json.loads((folder / "ragdesk.json").read_text())
+    assert (folder / "model.safetensors").exists() and meta["gguf_sha256"] == models.PRESETS["smollm2-135m"].gguf_sha256
+    assert meta["storage_dtype"] == "bfloat16"
+    # stored in bf16: about 2 bytes a parameter (135M parameters), not fp32's 4
+    assert (folder / "model.safetensors").stat().st_size < 135e6 * 2.5
     # the second time nothing is fetched or converted
     monkeypatch.setattr(models, "convert_gguf", lambda *a, **k: pytest.fail("converted again"))
     monkeypatch.setattr(models, "fetch_preset_gguf", lambda *a, **k: pytest.fail("fetched again"))

@@ -1,0 +1,49 @@
+"""Which device and dtype a local model runs on: CUDA bf16 > MPS fp16 > CPU, where the CPU runs bf16 only when
+it has native bf16 instructions (AVX512-BF16 or AMX), else fp32. Not here: loading anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.errors import ModelError
+
+__all__ = ["cpu_flags", "pick_device"]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """(device, dtype) after resolving "auto"; a combination that cannot run is a one-line ModelError."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device cuda was asked for but no CUDA GPU is available", "use --device auto or cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("device mps was asked for but this machine has no Apple GPU", "use --device auto or cpu")
+    if dtype == "auto":
+        if device == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        elif device == "mps":
+            dtype = "float16"
+        else:
+            dtype = "bfloat16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "float32"
+    if dtype == "int8" and device != "cpu":
+        raise ModelError(f"dtype int8 (dynamic quantization) runs on the CPU only, not on {device}",
+                         "use --device cpu, or --dtype auto")
+    return device, dtype
