@@ -29,6 +29,7 @@ class LazyGroup(click.Group):
         "eval": ("evals.cli", "eval_group"),
         "finetune": ("assistant.finetune_cli", "finetune_command"),
         "bench": ("assistant.bench", "bench_command"),
+        "history": ("assistant.history_cli", "history_group"),
     }
 
     def list_commands(self, ctx):
@@ -188,7 +189,10 @@ def search(ctx, query, top_k, search_mode, json_out):
 def _answer_options(fn):
     options = [
         click.option("-k", "top_k", type=int, default=None, help="Passages to retrieve (default 4)."),
-        click.option("--model", "-m", default=None, help="Preset, model folder, .gguf file or cached HF id."),
+        click.option("--model", "-m", default=None,
+                     help="Preset, model folder, .gguf file, cached HF id, or a server: http://HOST:PORT/v1#NAME."),
+        click.option("--base-url", default=None,
+                     help="OpenAI-compatible server (vLLM, llama.cpp, Ollama) for --model NAME; or RAGDESK_BASE_URL."),
         click.option("--adapter", default=None, type=click.Path(), help="LoRA adapter folder (ragdesk finetune)."),
         click.option("--speculative", type=click.Choice(["off", "prompt-lookup", "draft"]), default=None,
                      help="Speculative decoding method (default prompt-lookup)."),
@@ -203,49 +207,152 @@ def _answer_options(fn):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("question")
+@click.argument("question", required=False)
 @_answer_options
+@click.option("--continue", "-C", "continue_", is_flag=True, help="Continue the latest conversation (its earlier turns are the context).")
+@click.option("--conversation", "conversation_id", type=int, default=None, help="Continue conversation ID (see ragdesk history).")
+@click.option("--batch", "batch_in", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Answer every question of a JSONL file ({\"id\", \"question\"} a line) instead of QUESTION.")
+@click.option("--out", "batch_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="With --batch: the JSONL file answers are appended to (resumable).")
+@click.option("--concurrency", type=int, default=None, help="With --batch: questions in flight at once (default 1).")
 @click.option("--json", "json_out", is_flag=True, help="Print answer, sources, usage and timings as JSON.")
 @click.pass_context
-def ask(ctx, question, json_out, **flags):
-    """One grounded answer to QUESTION, streamed, then its numbered sources.
+def ask(ctx, question, json_out, continue_, conversation_id, batch_in, batch_out, **flags):
+    """One grounded answer to QUESTION, streamed, then its numbered sources. Every answer is kept in
+    history (ragdesk history).
 
     \b
     Examples:
       ragdesk ask "Which port does Tidepool listen on?"
+      ragdesk ask "And how do I change it?" --continue
       ragdesk ask "How do I enable SSO?" --speculative off --json
       ragdesk ask "..." --model qwen2.5-1.5b --speculative draft
+      ragdesk ask "..." --model http://127.0.0.1:8000/v1#smollm2
+      ragdesk ask --batch tickets.jsonl --out answers.jsonl --concurrency 4
     """
-    from .answer import Answer, TokenArrived
     from .engine import Engine
+    from .sessions import Sessions
 
     s = settings_from(ctx, **flags)
-    if not question.strip():
+    if batch_in is not None:
+        if question is not None or continue_ or conversation_id is not None:
+            raise click.UsageError("--batch answers a file: give no QUESTION, --continue or --conversation")
+        if batch_out is None:
+            raise click.UsageError("--batch needs --out FILE for the answers")
+        return _ask_batch(s, batch_in, batch_out, json_out)
+    if batch_out is not None or flags.get("concurrency") is not None:
+        raise click.UsageError("--out and --concurrency go with --batch")
+    if question is None or not question.strip():
         raise RagdeskError("the question is empty", 'ask something, e.g. ragdesk ask "How do I reset a password?"')
+    sessions = Sessions.open(s)
+    if conversation_id is not None:
+        conv = sessions.history.conversation(conversation_id).id
+    elif continue_:
+        conv = sessions.latest_conversation()
+        if conv is None:
+            raise RagdeskError("there is no conversation to continue yet", "ask without --continue first")
+    else:
+        conv = None
+    turns = sessions.turns(conv)
     engine = Engine(s).load(progress=lambda msg: stderr(msg + "..."))
-    answer: Answer | None = None
-    for event in engine.stream(question):
-        if isinstance(event, TokenArrived) and not json_out:
-            click.echo(event.text, nl=False)
-            sys.stdout.flush()
-        elif isinstance(event, Answer):
-            answer = event
+    if conv is None:
+        conv = sessions.new_conversation(s.collection, origin="ask")
+    answer = _stream_answer(engine, sessions, conv, question, turns, echo=not json_out)
+    if json_out:
+        emit_json(answer.to_json() | {"conversation": conv})
+        if answer.status == "failed":
+            sys.exit(1)
+        return
     if answer.status == "failed":
         raise RagdeskError(f"generation failed: {answer.error}")
-    if json_out:
-        emit_json(answer.to_json())
-        return
+    _print_sources(answer)
+    t, u = answer.timings, answer.usage
+    approx = "" if answer.usage_exact else "~"
+    stderr(f"\n{answer.model} on {answer.device}: {approx}{u.prompt_tokens}+{approx}{u.completion_tokens} tokens, "
+           f"first token {t.ttft_ms:.0f} ms, {t.tokens_per_s:.1f} tokens/s, {answer.speculative.method} accepted "
+           f"{answer.speculative.accepted_tokens}/{answer.speculative.draft_tokens}, "
+           f"cost ${answer.cost.tokens_usd + answer.cost.device_usd:.6f}; conversation {conv} "
+           f"(ragdesk ask --continue)")
+
+
+def _stream_answer(engine, sessions, conv: int, question: str, turns, echo: bool):
+    """Stream one answer to stdout (when `echo`) while recording it in history; Ctrl-C keeps the partial
+    answer, marked cancelled."""
+    from .answer import Answer, Retrieved, TokenArrived
+
+    rec = sessions.start(conv, question)
+    answer = None
+    try:
+        for event in engine.stream(question, turns):
+            if isinstance(event, Retrieved):
+                sessions.sources(rec, event.passages)
+            elif isinstance(event, TokenArrived):
+                sessions.progress(rec, event.text)
+                if echo:
+                    click.echo(event.text, nl=False)
+                    sys.stdout.flush()
+            elif isinstance(event, Answer):
+                answer = event
+    except KeyboardInterrupt:
+        sessions.abandon(rec, "cancelled", "interrupted")
+        raise
+    except BaseException as exc:
+        sessions.abandon(rec, "failed", str(exc) or type(exc).__name__)
+        raise
+    sessions.finish(rec, answer)
+    return answer
+
+
+def _print_sources(answer) -> None:
     click.echo("\n")
     if answer.citation_mode == "attributed":
         click.echo("(the model cited nothing; * marks the passages that hold the answer's words)")
     for i, p in enumerate(answer.sources, 1):
         mark = "*" if i in answer.cited else " "
         click.echo(f"{mark}[{i}] {p.path} - {p.heading} ({p.location})")
-    t, u = answer.timings, answer.usage
-    stderr(f"\n{answer.model} on {answer.device}: {u.prompt_tokens}+{u.completion_tokens} tokens, first token "
-           f"{t.ttft_ms:.0f} ms, {t.tokens_per_s:.1f} tokens/s, {answer.speculative.method} accepted "
-           f"{answer.speculative.accepted_tokens}/{answer.speculative.draft_tokens}, "
-           f"cost ${answer.cost.tokens_usd + answer.cost.device_usd:.6f}")
+
+
+def _ask_batch(s, batch_in: Path, batch_out: Path, json_out: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .batch import read_batch, run_batch
+    from .engine import Engine
+    from .sessions import Sessions
+
+    warnings: list[str] = []
+    items = read_batch(batch_in, warn=lambda m: (warnings.append(m), stderr(f"warning: {m}")))
+    if not items:
+        raise RagdeskError(f"{batch_in} holds no questions", 'write one {"id": ..., "question": ...} a line')
+    engine = Engine(s).load(progress=lambda msg: stderr(msg + "..."))
+    if s.concurrency > 1 and not engine.model.supports_concurrency:
+        stderr(f"note: {engine.model_name} is a local model and answers one question at a time; --concurrency "
+               "pays off against a server (--model http://HOST:PORT/v1#NAME)")
+    sessions = Sessions.open(s)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[rate]}"), console=_err_console(), transient=True) as bar:
+        task = bar.add_task("answering", total=len(items), rate="")
+
+        def on_answer(report, total):
+            bar.update(task, total=total, completed=report.answered + report.failed,
+                       rate=f"{report.answers_per_s:.2f} answers/s")
+
+        report = run_batch(engine, items, batch_out, s.concurrency, sessions=sessions,
+                           conversation=lambda: sessions.new_conversation(s.collection, origin="batch",
+                                                                          title=f"batch {batch_in.name}"),
+                           warn=lambda m: stderr(f"warning: {m}"), on_answer=on_answer)
+    report.bad_lines = warnings
+    summary = (f"{report.answered} answered, {report.failed} failed, {report.skipped_done} already in {batch_out}, "
+               f"{len(warnings)} bad lines skipped; {report.answers_per_s:.2f} answers/s, "
+               f"{report.tokens_per_s:.1f} tokens/s"
+               + (f"; history conversation {report.conversation}" if report.conversation else ""))
+    if json_out:
+        emit_json(report.to_dict() | {"out": str(batch_out)})
+    else:
+        click.echo(summary)
+    if report.interrupted:
+        stderr(f"interrupted: every finished answer is in {batch_out}; run the same command to continue")
+        sys.exit(130)
 
 
 @cli.command(context_settings=CONTEXT)

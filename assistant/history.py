@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -47,6 +48,17 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
     db["messages"].create_index(["conversation_id", "id"])
 
 
+@migrations
+def m002_origin_owner_settings(db: sqlite_utils.Database) -> None:
+    """Answers from `ask` and batch land here too: where a conversation came from, which process is still
+    writing a pending answer (so another process's recovery leaves it alone), and each answer's speculative
+    figures and resolved settings."""
+    db["conversations"].add_column("origin", str)  # chat, ask, batch
+    db["messages"].add_column("owner", int)  # pid of the process writing a pending answer
+    db["messages"].add_column("speculative", str)
+    db["messages"].add_column("settings", str)
+
+
 _last_stamp = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
 _stamp_lock = threading.Lock()
 
@@ -61,6 +73,16 @@ def _now() -> str:
         return _last_stamp.isoformat(timespec="microseconds")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 @dataclass
 class Conversation:
     id: int
@@ -68,6 +90,7 @@ class Conversation:
     collection: str
     created_at: str
     updated_at: str
+    origin: str = "chat"  # chat, ask, batch
 
 
 @dataclass
@@ -85,13 +108,21 @@ class Message:
     model: str = ""
     device: str = ""
     created_at: str = ""
+    speculative: dict[str, Any] = field(default_factory=dict)  # method, draft_tokens, accepted_tokens, steps
+    settings: dict[str, Any] = field(default_factory=dict)  # the resolved settings the answer was made with
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["sources"] = [p.to_source(i + 1) for i, p in enumerate(self.sources)]
+        return out
 
 
 def _message(row: dict[str, Any]) -> Message:
     sources = [Passage(**p) for p in json.loads(row["sources"] or "[]")]
     return Message(row["id"], row["conversation_id"], row["role"], row["content"] or "", row["status"],
                    row["error"] or "", sources, json.loads(row["usage"] or "{}"), json.loads(row["timings"] or "{}"),
-                   json.loads(row["cost"] or "{}"), row["model"] or "", row["device"] or "", row["created_at"])
+                   json.loads(row["cost"] or "{}"), row["model"] or "", row["device"] or "", row["created_at"],
+                   json.loads(row.get("speculative") or "{}"), json.loads(row.get("settings") or "{}"))
 
 
 def answer_fields(answer: Answer) -> dict[str, Any]:
@@ -99,7 +130,8 @@ def answer_fields(answer: Answer) -> dict[str, Any]:
     return {"content": answer.text, "status": answer.status, "error": answer.error,
             "sources": [dataclasses.asdict(p) for p in answer.sources],
             "usage": dataclasses.asdict(answer.usage), "timings": dataclasses.asdict(answer.timings),
-            "cost": dataclasses.asdict(answer.cost), "model": answer.model, "device": answer.device}
+            "cost": dataclasses.asdict(answer.cost), "model": answer.model, "device": answer.device,
+            "speculative": dataclasses.asdict(answer.speculative)}
 
 
 class History:
@@ -122,34 +154,58 @@ class History:
             self.db.conn.close()
 
     def recover(self) -> int:
-        """Mark answers left `pending` by a process that died as cancelled; returns how many."""
+        """Mark answers left `pending` by a process that died as cancelled; returns how many. An answer
+        another live process is still writing (a chat app open while `ask` runs) is left alone."""
         with self._lock, self.db.atomic():
-            cur = self.db.execute("UPDATE messages SET status = 'cancelled', error = 'interrupted', updated_at = ? "
-                                  "WHERE status = 'pending'", [_now()])
-            return cur.rowcount
+            rows = self.db.execute("SELECT id, owner FROM messages WHERE status = 'pending'").fetchall()
+            dead = [mid for mid, owner in rows if owner is None or owner == os.getpid() or not _alive(owner)]
+            now = _now()
+            for mid in dead:
+                self.db.execute("UPDATE messages SET status = 'cancelled', error = 'interrupted', updated_at = ? "
+                                "WHERE id = ?", [now, mid])
+            return len(dead)
 
     # ---- conversations ----------------------------------------------------------------------------------
-    def new_conversation(self, title: str = DEFAULT_TITLE, collection: str = "default") -> int:
+    def new_conversation(self, title: str = DEFAULT_TITLE, collection: str = "default", origin: str = "chat") -> int:
         now = _now()
         with self._lock, self.db.atomic():
             return self.db["conversations"].insert({"title": title.strip() or DEFAULT_TITLE,
                                                      "collection": collection, "created_at": now,
-                                                     "updated_at": now}).last_pk
+                                                     "updated_at": now, "origin": origin}).last_pk
 
-    def conversations(self) -> list[Conversation]:
-        """All conversations, most recently active first."""
+    _CONV = "SELECT id, title, collection, created_at, updated_at, coalesce(origin, 'chat') FROM conversations"
+
+    def conversations(self, limit: int | None = None) -> list[Conversation]:
+        """All conversations (or the `limit` latest), most recently active first."""
         with self._lock:
-            rows = self.db.execute("SELECT id, title, collection, created_at, updated_at FROM conversations "
-                                   "ORDER BY updated_at DESC, id DESC").fetchall()
+            rows = self.db.execute(self._CONV + " ORDER BY updated_at DESC, id DESC LIMIT ?",
+                                   [-1 if limit is None else limit]).fetchall()
         return [Conversation(*r) for r in rows]
 
     def conversation(self, conv_id: int) -> Conversation:
         with self._lock:
-            row = self.db.execute("SELECT id, title, collection, created_at, updated_at FROM conversations "
-                                  "WHERE id = ?", [conv_id]).fetchone()
+            row = self.db.execute(self._CONV + " WHERE id = ?", [conv_id]).fetchone()
         if row is None:
-            raise InputError(f"no conversation with id {conv_id}")
+            raise InputError(f"no conversation with id {conv_id}", "see the ids with: ragdesk history list")
         return Conversation(*row)
+
+    def search(self, query: str, limit: int = 20) -> list[tuple[Conversation, Message]]:
+        """Messages whose text holds every word of `query` (case-insensitive), newest first."""
+        words = query.split()
+        if not words:
+            raise InputError("the search is empty", "give some words to look for")
+        where = " AND ".join("instr(lower(content), ?) > 0" for _ in words)
+        with self._lock:
+            rows = list(self.db["messages"].rows_where(where, [w.lower() for w in words], order_by="id DESC",
+                                                       limit=limit))
+        convs: dict[int, Conversation] = {}
+        out = []
+        for r in rows:
+            cid = r["conversation_id"]
+            if cid not in convs:
+                convs[cid] = self.conversation(cid)
+            out.append((convs[cid], _message(r)))
+        return out
 
     def rename(self, conv_id: int, title: str) -> None:
         title = " ".join(title.split())
@@ -175,6 +231,8 @@ class History:
         if role not in ("user", "assistant"):
             raise InputError(f"role {role!r} is not valid", "use user or assistant")
         conv = self.conversation(conv_id)
+        if status == "pending":
+            fields.setdefault("owner", os.getpid())  # recovery in another process leaves it alone while we live
         row = self._row(content=content, status=status, **fields)
         row.update(conversation_id=conv_id, role=role, created_at=row["updated_at"])
         with self._lock, self.db.atomic():
@@ -202,13 +260,15 @@ class History:
 
     @staticmethod
     def _row(**fields: Any) -> dict[str, Any]:
-        allowed = {"content", "status", "error", "sources", "usage", "timings", "cost", "model", "device"}
+        allowed = {"content", "status", "error", "sources", "usage", "timings", "cost", "model", "device", "owner",
+                   "speculative", "settings"}
         unknown = set(fields) - allowed
         if unknown:
             raise TypeError(f"unknown message fields: {', '.join(sorted(unknown))}")
         if "status" in fields and fields["status"] not in STATUSES:
             raise InputError(f"status {fields['status']!r} is not valid", f"use one of {', '.join(STATUSES)}")
-        row = {k: (json.dumps(v) if k in ("sources", "usage", "timings", "cost") else v) for k, v in fields.items()}
+        row = {k: (json.dumps(v) if k in ("sources", "usage", "timings", "cost", "speculative", "settings") else v)
+               for k, v in fields.items()}
         row["updated_at"] = _now()
         return row
 

@@ -111,27 +111,43 @@ def run_suite(settings, items: list[SuiteItem], suite_path: Path | str, *, judge
     loader = _RagasLoader(settings)  # after loading: see _RagasLoader
     loader.start()
 
-    stream_s = 0.0
-    samples: list[dict] = []
-    for n, item in enumerate(items):
-        progress("answer", n, len(items))
-        events = engine.stream(item.question)
-        answer = None
-        while True:
-            t0 = time.perf_counter()
-            try:
-                event = next(events)
-            except StopIteration:
-                stream_s += time.perf_counter() - t0
-                break
-            except RagdeskError as exc:  # e.g. a question too long for the context: this sample fails
-                stream_s += time.perf_counter() - t0
-                answer = Answer(question=item.question, status="failed", error=str(exc), model=engine.model_name)
-                break
-            stream_s += time.perf_counter() - t0
-            if isinstance(event, Answer):
-                answer = event
-        samples.append(_sample_record(item, answer, is_refusal(answer.text), settings.top_k))
+    concurrency = max(1, settings.concurrency)
+    if concurrency > 1 and not engine.model.supports_concurrency:
+        say(f"note: {engine.model_name} answers one question at a time; --concurrency pays off against a server")
+    answers: list = [None] * len(items)
+    stream_times = [0.0] * len(items)
+
+    def answer_one(n: int) -> None:
+        item = items[n]
+        t0 = time.perf_counter()
+        try:
+            answers[n] = engine.ask(item.question)
+        except RagdeskError as exc:  # e.g. a question too long for the context: this sample fails
+            answers[n] = Answer(question=item.question, status="failed", error=str(exc), model=engine.model_name)
+        stream_times[n] = time.perf_counter() - t0
+
+    t_loop = time.perf_counter()
+    if concurrency == 1:
+        for n in range(len(items)):
+            progress("answer", n, len(items))
+            answer_one(n)
+    else:  # N questions in flight: a server batches them (continuous batching); samples keep suite order
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval") as pool:
+            futures = [pool.submit(answer_one, n) for n in range(len(items))]
+            for done_n, fut in enumerate(as_completed(futures), 1):
+                fut.result()
+                progress("answer", done_n, len(items))
+    loop_s = time.perf_counter() - t_loop
+    # with concurrency, time inside Engine.stream overlaps: the wall time of the loop is what it cost
+    stream_s = sum(stream_times) if concurrency == 1 else loop_s
+    samples: list[dict] = [_sample_record(item, answer, is_refusal(answer.text), settings.top_k)
+                           for item, answer in zip(items, answers)]
+    out_tokens = sum(a.usage.completion_tokens for a in answers)
+    throughput = {"concurrency": concurrency, "answers_per_s": len(items) / loop_s if loop_s else 0.0,
+                  "tokens_per_s": out_tokens / loop_s if loop_s else 0.0, "wall_s": loop_s,
+                  "completion_tokens": out_tokens}
     progress("answer", len(items), len(items))
     t_answered = time.perf_counter()
 
@@ -171,6 +187,7 @@ def run_suite(settings, items: list[SuiteItem], suite_path: Path | str, *, judge
     summary = aggregate(samples)
     summary["judge_calls"] = counting.calls if counting else 0
     summary["judge_parse_failures"] = counting.parse_failures if counting else 0
+    summary["throughput"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in throughput.items()}
     coll = engine.collection
     harness = {"load_s": t_loaded - t_start, "stream_s": stream_s, "answer_loop_s": t_answered - t_loaded,
                "ragas_wait_s": t_ragas_ready - t_answered, "scoring_s": t_scored - t_ragas_ready}  # incl. embeddings

@@ -96,6 +96,8 @@ def _with(options):
 @click.option("--judge", default=None, metavar="J",
               help="Add LLM-judged metrics: a model name/path, or an OpenAI-compatible URL (URL#model).")
 @_with(_gate_options)
+@click.option("--concurrency", type=int, default=None,
+              help="Questions answered at once (default 1); pays off against a server, which batches them.")
 @click.option("--limit", type=int, default=None, help="Only the first N questions.")
 @click.option("--label", default="", help="A note stored with the run.")
 @click.option("--json", "json_out", is_flag=True, help="Print the run (summary, ids, timings) as JSON.")
@@ -188,6 +190,10 @@ def _print_summary(run: dict) -> None:
                 notes.append(f"total {_fmt(e['total'], info.unit)}")
         click.echo(f"{name:<22}{_fmt(e['mean'], info.unit):>12}  {interval:<22}{e['n']:>4}  {'; '.join(notes)}")
     s = run["summary"]
+    tp = s.get("throughput")
+    if tp:
+        click.echo(f"throughput: {tp['answers_per_s']:.3f} answers/s, {tp['tokens_per_s']:.1f} completion tokens/s "
+                   f"at concurrency {tp['concurrency']} ({tp['wall_s']:.1f} s answering)")
     if s.get("failed_answers"):
         click.echo(f"{s['failed_answers']} answers failed (see the report)")
 

@@ -22,10 +22,11 @@ def test_migrations_are_idempotent(tmp_path):
     schema = h.db.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
     assert migrations.apply(h.db) == []
     assert h.db.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == schema
-    assert [r["name"] for r in h.db["_migrations"].rows_where("family = 'history'")] == ["m001_create_tables"]
+    assert [r["name"] for r in h.db["_migrations"].rows_where("family = 'history'")] == ["m001_create_tables",
+                                                                                 "m002_origin_owner_settings"]
     h.close()
     h2 = History(tmp_path / "h.db")  # reopening applies nothing new
-    assert h2.db.execute("SELECT count(*) FROM _migrations WHERE family = 'history'").fetchone()[0] == 1
+    assert h2.db.execute("SELECT count(*) FROM _migrations WHERE family = 'history'").fetchone()[0] == 2
 
 
 def test_conversation_lifecycle(tmp_path):
