@@ -72,6 +72,12 @@ def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
+def collection_option(fn):
+    """`--collection/-c` after a subcommand (`ragdesk search q -c team`); it wins over the one before it."""
+    return click.option("--collection", "-c", default=None, metavar="NAME",
+                        help="Collection to use (default: default); also accepted before the command.")(fn)
+
+
 def stderr(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -95,10 +101,11 @@ def cli(home, collection):
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@collection_option
 @click.option("--rebuild", is_flag=True, help="Drop the collection's index and embed everything again.")
 @click.option("--json", "json_out", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def index(ctx, paths, rebuild, json_out):
+def index(ctx, paths, collection, rebuild, json_out):
     """Add, update and remove documents (md, rst, txt, html, pdf) incrementally.
 
     \b
@@ -112,7 +119,7 @@ def index(ctx, paths, rebuild, json_out):
     from retrieval import Collection, get_embedder
     from retrieval._chunking import ChunkingConfig
 
-    s = settings_from(ctx)
+    s = settings_from(ctx, collection=collection)
     for p in paths:
         if not p.exists():
             raise RagdeskError(f"path not found: {p}", "check the spelling, or index an existing folder")
@@ -159,19 +166,21 @@ def _err_console():
 @click.option("-k", "top_k", type=int, default=None, help="How many passages (default 5).")
 @click.option("--mode", "search_mode", type=click.Choice(["hybrid", "dense", "bm25"]), default=None,
               help="Retrieval mode (default hybrid).")
+@collection_option
 @click.option("--json", "json_out", is_flag=True, help="Print the source objects as a JSON list.")
 @click.pass_context
-def search(ctx, query, top_k, search_mode, json_out):
+def search(ctx, query, top_k, search_mode, collection, json_out):
     """Ranked passages for QUERY: path, heading, lines, score, text.
 
     \b
     Examples:
       ragdesk search "how do I change the port"
       ragdesk search "TP-2002" --mode bm25 -k 3 --json
+      ragdesk search "backup schedule" --collection team
     """
     from retrieval import Collection, get_embedder
 
-    s = settings_from(ctx, search_mode=search_mode)
+    s = settings_from(ctx, search_mode=search_mode, collection=collection)
     coll = Collection(s.collection_path(), get_embedder(s.embedder), create=False)
     passages = coll.search(query, k=top_k or 5, mode=s.search_mode)
     if json_out:
@@ -187,6 +196,7 @@ def search(ctx, query, top_k, search_mode, json_out):
 
 def _answer_options(fn):
     options = [
+        collection_option,
         click.option("-k", "top_k", type=int, default=None, help="Passages to retrieve (default 4)."),
         click.option("--model", "-m", default=None, help="Preset, model folder, .gguf file or cached HF id."),
         click.option("--adapter", default=None, type=click.Path(), help="LoRA adapter folder (ragdesk finetune)."),

@@ -91,7 +91,6 @@ def _with(options):
 
 @eval_group.command("run", context_settings=CONTEXT)
 @click.argument("suite", type=click.Path(path_type=Path))
-@click.option("--collection", "-c", default=None, help="Collection to answer from (default: default).")
 @_answer_options
 @click.option("--judge", default=None, metavar="J",
               help="Add LLM-judged metrics: a model name/path, or an OpenAI-compatible URL (URL#model).")

@@ -56,6 +56,69 @@ def hostile_docs(sample_docs):
     return sample_docs
 
 
+# ---- 1. --collection after the subcommand ---------------------------------------------------------------
+
+
+def test_collection_after_the_subcommand(sample_docs, capsys):
+    code, out, err = run_main(capsys, "index", str(sample_docs), "--collection", "team", "--json")
+    assert code == 0, err
+    assert json.loads(out)["collection"] == "team" and json.loads(out)["added"] == 3
+    code, out, _ = run_main(capsys, "search", "port 8740", "--collection", "team", "-k", "1", "--json")
+    assert code == 0 and "8740" in json.loads(out)[0]["text"]
+    code, out, _ = run_main(capsys, "ask", "Which port does the server use?", "-c", "team", "--json")
+    assert code == 0 and json.loads(out)["sources"][0]["n"] == 1
+    # the default collection was never indexed: the flag really chose `team`
+    code, _, err = run_main(capsys, "search", "port 8740")
+    assert code == 1 and "collection 'default' has no index yet" in one_error_line(err)
+
+
+def test_collection_before_still_works_and_the_subcommands_value_wins(sample_docs, capsys):
+    assert run_main(capsys, "-c", "team", "index", str(sample_docs))[0] == 0
+    assert run_main(capsys, "-c", "team", "search", "port", "--json")[0] == 0
+    code, _, err = run_main(capsys, "-c", "team", "search", "port", "-c", "other")
+    assert code == 1 and "collection 'other' has no index yet" in one_error_line(err)
+    code, out, _ = run_main(capsys, "-c", "other", "search", "port", "-c", "team", "--json")
+    assert code == 0 and json.loads(out)
+
+
+def _option(cmd: click.Command, name: str) -> click.Option:
+    return next(p for p in cmd.params if p.name == name)
+
+
+def test_every_collection_command_has_the_same_option(monkeypatch):
+    ctx = click.Context(cli)
+    eval_group = cli.get_command(ctx, "eval")
+    commands = {name: cli.get_command(ctx, name) for name in ("index", "search", "ask", "chat", "bench")}
+    commands["eval run"] = eval_group.get_command(ctx, "run")
+    helps = {name: (tuple(_option(cmd, "collection").opts), _option(cmd, "collection").help)
+             for name, cmd in commands.items()}
+    assert len(set(helps.values())) == 1, helps  # one shared decorator
+    assert helps["index"][0] == ("--collection", "-c")
+    for name in ("list", "compare", "report"):  # these read the evals database, not a collection
+        assert "collection" not in {p.name for p in eval_group.get_command(ctx, name).params}
+
+
+def test_chat_and_bench_take_collection_after_the_subcommand(monkeypatch):
+    seen = {}
+    from assistant import engine as engine_mod
+    from assistant.tui import app as app_mod
+
+    monkeypatch.setattr(app_mod.RagdeskApp, "run", lambda self: seen.setdefault("chat", self.settings.collection))
+
+    class Stop(Exception):
+        pass
+
+    def fake_engine(settings, *a, **k):
+        seen["bench"] = settings.collection
+        raise Stop
+
+    monkeypatch.setattr(engine_mod, "Engine", fake_engine)
+    CliRunner().invoke(cli, ["chat", "--collection", "team"], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["-c", "x", "bench", "-c", "team"])
+    assert isinstance(result.exception, Stop), result.output
+    assert seen == {"chat": "team", "bench": "team"}
+
+
 # ---- 3. one-line errors and values refused, not coerced --------------------------------------------------
 
 
