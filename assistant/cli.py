@@ -8,7 +8,6 @@ torch, faiss or textual.
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -69,7 +68,9 @@ def settings_from(ctx: click.Context, **flags):
 
 
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+    from ._terminal import safe_json
+
+    click.echo(safe_json(obj, indent=2))
 
 
 def collection_option(fn):
@@ -119,6 +120,8 @@ def index(ctx, paths, collection, rebuild, json_out):
     from retrieval import Collection, get_embedder
     from retrieval._chunking import ChunkingConfig
 
+    from ._terminal import safe_text
+
     s = settings_from(ctx, collection=collection)
     for p in paths:
         if not p.exists():
@@ -144,7 +147,7 @@ def index(ctx, paths, collection, rebuild, json_out):
             stderr("interrupted: the index keeps every file finished so far; run the same command to continue")
             sys.exit(130)
     for w in warnings:
-        stderr(f"warning: {w}")
+        stderr(f"warning: {safe_text(w)}")
     if json_out:
         emit_json(report.to_dict() | {"collection": coll.name})
         return
@@ -180,6 +183,8 @@ def search(ctx, query, top_k, search_mode, collection, json_out):
     """
     from retrieval import Collection, get_embedder
 
+    from ._terminal import safe_text
+
     s = settings_from(ctx, search_mode=search_mode, collection=collection)
     coll = Collection(s.collection_path(), get_embedder(s.embedder), create=False)
     passages = coll.search(query, k=top_k or 5, mode=s.search_mode)
@@ -189,8 +194,9 @@ def search(ctx, query, top_k, search_mode, collection, json_out):
     if not passages:
         click.echo("no passages matched")
     for i, p in enumerate(passages, 1):
-        click.echo(click.style(f"[{i}] {p.path}", bold=True) + f"  {p.heading}  ({p.location}, score {p.score:.4f})")
-        snippet = " ".join(p.text.split())
+        click.echo(click.style(f"[{i}] {safe_text(p.path)}", bold=True)
+                   + f"  {safe_text(p.heading)}  ({p.location}, score {p.score:.4f})")
+        snippet = safe_text(" ".join(p.text.split()))
         click.echo("    " + (snippet[:300] + ("..." if len(snippet) > 300 else "")))
 
 
@@ -226,6 +232,7 @@ def ask(ctx, question, json_out, **flags):
       ragdesk ask "How do I enable SSO?" --speculative off --json
       ragdesk ask "..." --model qwen2.5-1.5b --speculative draft
     """
+    from ._terminal import safe_text
     from .answer import Answer, TokenArrived
     from .engine import Engine
 
@@ -236,7 +243,7 @@ def ask(ctx, question, json_out, **flags):
     answer: Answer | None = None
     for event in engine.stream(question):
         if isinstance(event, TokenArrived) and not json_out:
-            click.echo(event.text, nl=False)
+            click.echo(safe_text(event.text, keep="\n\t"), nl=False)
             sys.stdout.flush()
         elif isinstance(event, Answer):
             answer = event
@@ -250,7 +257,7 @@ def ask(ctx, question, json_out, **flags):
         click.echo("(the model cited nothing; * marks the passages that hold the answer's words)")
     for i, p in enumerate(answer.sources, 1):
         mark = "*" if i in answer.cited else " "
-        click.echo(f"{mark}[{i}] {p.path} - {p.heading} ({p.location})")
+        click.echo(f"{mark}[{i}] {safe_text(p.path)} - {safe_text(p.heading)} ({p.location})")
     t, u = answer.timings, answer.usage
     stderr(f"\n{answer.model} on {answer.device}: {u.prompt_tokens}+{u.completion_tokens} tokens, first token "
            f"{t.ttft_ms:.0f} ms, {t.tokens_per_s:.1f} tokens/s, {answer.speculative.method} accepted "
@@ -324,10 +331,16 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except RagdeskError as exc:
-        stderr(f"error: {exc}")
+        stderr(f"error: {_one_line(str(exc))}")
         sys.exit(1)
     except KeyboardInterrupt:
         stderr("interrupted")
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+
+
+def _one_line(message: str) -> str:
+    from ._terminal import safe_text
+
+    return safe_text(message)

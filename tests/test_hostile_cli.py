@@ -119,6 +119,107 @@ def test_chat_and_bench_take_collection_after_the_subcommand(monkeypatch):
     assert seen == {"chat": "team", "bench": "team"}
 
 
+# ---- 2. escape sequences from documents -----------------------------------------------------------------
+
+
+def _no_raw(text: str) -> None:
+    leaked = [r for r in RAW if r in text]
+    assert not leaked, (leaked, text)
+
+
+def test_search_shows_control_characters_visibly(hostile_docs, capsys):
+    assert run_main(capsys, "index", str(hostile_docs))[0] == 0
+    out = tty("search", "zebra note", "-k", "5")
+    _no_raw(out)
+    assert r"Evil \x1b]0;pwned\x07 title \x1b[2J cleared \x9b31m red \u202eoverride\u202c" in out
+    assert r"\x1b]8;;file:///etc/passwd\x1b\click me" in out and r"del\x7f" in out
+    # each hit is exactly two lines, even the file whose name holds a newline
+    lines = out.splitlines()
+    assert len(lines) == 2 * sum(line.startswith("\x1b[1m[") for line in lines)
+    assert any(r"split\x0aname.txt" in line for line in lines)
+
+
+def test_search_json_round_trips_but_carries_no_raw_controls(hostile_docs, capsys):
+    assert run_main(capsys, "index", str(hostile_docs))[0] == 0
+    code, out, _ = run_main(capsys, "search", "zebra note", "--json")
+    assert code == 0
+    _no_raw(out)
+    assert "\x1b" not in out and "\\u009b" in out and "\\u202e" in out and "\\u007f" in out
+    hits = json.loads(out)
+    evil = next(h for h in hits if h["path"].endswith("evil.md"))
+    assert EVIL in evil["text"] and evil["heading"] == EVIL  # the data itself is unchanged
+    assert any(h["path"].endswith("split\nname.txt") for h in hits)
+
+
+def test_ask_streams_and_lists_sources_without_raw_controls(hostile_docs, capsys):
+    assert run_main(capsys, "index", str(hostile_docs))[0] == 0
+    out = tty("ask", "What does the zebra note say?", "-k", "5")
+    _no_raw(out)
+    assert r"\x1b]0;pwned\x07" in out  # the fake model quotes the passage, so the answer holds it too
+    source_lines = [line for line in out.splitlines() if line[:2] in ("*[", " [")]
+    assert any(r"evil.md - Evil \x1b]0;pwned\x07" in line for line in source_lines)
+    assert any(r"split\x0aname.txt" in line for line in source_lines)
+    code, out, _ = run_main(capsys, "ask", "What does the zebra note say?", "--json")
+    _no_raw(out)
+    assert EVIL in json.loads(out)["answer"]
+
+
+def test_error_messages_show_control_characters_visibly(capsys):
+    code, _, err = run_main(capsys, "index", "docs/\x1b]0;pwned\x07\nfake line")
+    line = one_error_line(err)
+    assert code == 1 and r"path not found: docs/\x1b]0;pwned\x07\x0afake line" in line
+    _no_raw(err)
+
+
+def test_safe_text_keeps_ordinary_text_and_layout():
+    from assistant._terminal import safe_json, safe_text
+
+    text = "Grüße, 東京, emoji 🚀, Hebrew שלום, tab\tand\nnewline"
+    assert safe_text(text, keep="\n\t") == text
+    assert safe_text("a\tb\nc") == r"a\x09b\x0ac"
+    assert safe_text("\x00\x1f\x7f\x80\x9f\u202a\u202e\u2066\u2069") == (
+        r"\x00\x1f\x7f\x80\x9f\u202a\u202e\u2066\u2069")
+    assert safe_text("\u200b\u00a0") == "\u200b\u00a0"  # not controls: left alone
+    obj = {"t": "\x1b\x7f\x85\u202e ok é", "n": [1, 2.5, None]}
+    assert json.loads(safe_json(obj, indent=2)) == obj
+    assert not any(0x7f <= ord(c) <= 0x9f or c == "\u202e" for c in safe_json(obj, indent=2))
+
+
+def test_chat_app_keeps_control_characters_from_the_terminal(hostile_docs):
+    """The bytes the app would write to the terminal (the compositor's full update) hold no document ESC."""
+    from assistant.engine import Engine
+    from assistant.models import FakeModel
+    from assistant.tui._widgets import SourcesPanel
+    from assistant.tui.app import RagdeskApp
+    from retrieval import Collection, get_embedder
+
+    coll = Collection(load_settings().collection_path(), get_embedder("hashing"))
+    coll.update([hostile_docs])
+    app = RagdeskApp(load_settings(), engine_factory=lambda s: Engine(s, model=FakeModel(), collection=coll))
+
+    async def scenario():
+        async with app.run_test(size=(150, 44)) as pilot:
+            while app.engine is None:
+                await pilot.pause(0.02)
+            app.query_one("#prompt").value = "What does the zebra note say?"
+            await pilot.press("enter")
+            for _ in range(500):
+                if app.chat.answers() and app.generating is None:
+                    break
+                await pilot.pause(0.02)
+            box = app.chat.answers()[-1]
+            assert EVIL in box.text  # the fake model quoted the passage
+            panel = app.query_one(SourcesPanel)
+            n = next(i for i, p in enumerate(panel.passages, 1) if p.path.endswith("evil.md"))
+            assert panel.show_passage(n)
+            await pilot.pause(0.1)
+            return app.screen._compositor.render_update(full=True).render_segments(app.console)
+
+    written = asyncio.run(scenario())
+    _no_raw(written)
+    assert r"\x1b]0;pwned\x07" in written  # shown, visibly
+
+
 # ---- 3. one-line errors and values refused, not coerced --------------------------------------------------
 
 
