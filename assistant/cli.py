@@ -120,12 +120,14 @@ def index(ctx, paths, collection, rebuild, json_out):
     from retrieval import Collection, get_embedder
     from retrieval._chunking import ChunkingConfig
 
+    from ._oserrors import ensure_home
     from ._terminal import safe_text
 
     s = settings_from(ctx, collection=collection)
     for p in paths:
         if not p.exists():
             raise RagdeskError(f"path not found: {p}", "check the spelling, or index an existing folder")
+    ensure_home(s.home_path)
     stderr(f"loading embedder {s.embedder}...")
     embedder = get_embedder(s.embedder)
     coll = Collection(s.collection_path(), embedder, ChunkingConfig(s.chunk_tokens, s.chunk_overlap))
@@ -166,7 +168,8 @@ def _err_console():
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("query")
-@click.option("-k", "top_k", type=int, default=None, help="How many passages (default 5).")
+@click.option("-k", "top_k", type=click.IntRange(min=1), default=None, metavar="N",
+              help="How many passages (default 5).")
 @click.option("--mode", "search_mode", type=click.Choice(["hybrid", "dense", "bm25"]), default=None,
               help="Retrieval mode (default hybrid).")
 @collection_option
@@ -203,13 +206,17 @@ def search(ctx, query, top_k, search_mode, collection, json_out):
 def _answer_options(fn):
     options = [
         collection_option,
-        click.option("-k", "top_k", type=int, default=None, help="Passages to retrieve (default 4)."),
+        click.option("-k", "top_k", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Passages to retrieve (default 4)."),
         click.option("--model", "-m", default=None, help="Preset, model folder, .gguf file or cached HF id."),
         click.option("--adapter", default=None, type=click.Path(), help="LoRA adapter folder (ragdesk finetune)."),
         click.option("--speculative", type=click.Choice(["off", "prompt-lookup", "draft"]), default=None,
                      help="Speculative decoding method (default prompt-lookup)."),
         click.option("--draft-model", default=None, help="Draft model for --speculative draft."),
-        click.option("--max-new-tokens", type=int, default=None, help="Longest answer in tokens (default 256)."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Longest answer in tokens (default 256)."),
+        click.option("--context-window", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="Prompt + answer token budget (default 0: the model's, at most 4096)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default=None),
     ]
@@ -338,6 +345,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as exc:  # noqa: BLE001 - only the disk's errors (unwritable folder, full disk) end here
+        from ._oserrors import disk_problem
+
+        problem = disk_problem(exc)
+        if problem is None:
+            raise  # a programming error keeps its traceback
+        stderr(f"error: {_one_line(problem)}")
+        sys.exit(1)
 
 
 def _one_line(message: str) -> str:

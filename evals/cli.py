@@ -7,6 +7,7 @@ Imports nothing heavy at module level: ragas, torch and the engine load inside t
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -309,9 +310,18 @@ def report_command(ctx, run, html_path):
 
     store = _store(ctx)
     record, samples = store.run(run), store.samples(run)
-    html_path.parent.mkdir(parents=True, exist_ok=True)
+    page = render_report(record, samples)
     tmp = html_path.with_name(html_path.name + ".tmp")
-    tmp.write_text(render_report(record, samples), encoding="utf-8")
-    tmp.replace(html_path)
+    try:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(html_path)
+    except OSError as exc:
+        from retrieval.errors import InputError
+
+        with contextlib.suppress(OSError):  # a half-written page must not stay behind
+            tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write the report to {html_path}: {exc.strerror or exc}",
+                         "give --html a path in a folder you can write to, e.g. --html report.html") from None
     click.echo(str(html_path))
     sys.stdout.flush()

@@ -58,7 +58,6 @@ def hostile_docs(sample_docs):
 
 # ---- 1. --collection after the subcommand ---------------------------------------------------------------
 
-
 def test_collection_after_the_subcommand(sample_docs, capsys):
     code, out, err = run_main(capsys, "index", str(sample_docs), "--collection", "team", "--json")
     assert code == 0, err
@@ -120,7 +119,6 @@ def test_chat_and_bench_take_collection_after_the_subcommand(monkeypatch):
 
 
 # ---- 2. escape sequences from documents -----------------------------------------------------------------
-
 
 def _no_raw(text: str) -> None:
     leaked = [r for r in RAW if r in text]
@@ -222,6 +220,55 @@ def test_chat_app_keeps_control_characters_from_the_terminal(hostile_docs):
 
 # ---- 3. one-line errors and values refused, not coerced --------------------------------------------------
 
+def test_report_to_an_unwritable_path_is_one_line(indexed, tmp_path, capsys):
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"question": "Which port does the server use?", "answer": "8740"}) + "\n")
+    assert run_main(capsys, "eval", str(suite))[0] == 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for target in (blocker / "report.html", blocker / "sub" / "report.html", "/proc/x.html"):
+        code, _, err = run_main(capsys, "eval", "report", "latest", "--html", str(target))
+        line = one_error_line(err)
+        assert code == 1 and f"cannot write the report to {target}" in line and "--html" in line, line
+    assert list(tmp_path.glob("**/*.tmp")) == []
+
+
+def test_index_with_an_unwritable_home_is_one_line(sample_docs, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RAGDESK_HOME", str(blocker / "home"))
+    code, _, err = run_main(capsys, "index", str(sample_docs))
+    line = one_error_line(err)
+    assert code == 1 and f"the home folder {blocker / 'home'} cannot be written" in line and "RAGDESK_HOME" in line
+
+
+def test_disk_errors_elsewhere_are_one_line_and_bugs_keep_tracebacks(monkeypatch, capsys):
+    import errno
+    import sqlite3
+
+    from assistant import cli as cli_mod
+    from assistant._oserrors import disk_problem
+
+    assert disk_problem(OSError(errno.ENOSPC, "No space left on device", "/data/x")) == (
+        "No space left on device: /data/x (the disk is full; free some space and run it again)")
+    assert "RAGDESK_HOME" in disk_problem(sqlite3.OperationalError("attempt to write a readonly database"))
+    assert disk_problem(sqlite3.OperationalError("no such column: x")) is None
+    assert disk_problem(ValueError("bug")) is None
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/x")
+
+    monkeypatch.setattr(cli_mod, "settings_from", full)
+    code, _, err = run_main(capsys, "models")
+    assert code == 1 and "No space left on device: /data/x" in one_error_line(err)
+
+    def bug(*a, **k):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cli_mod, "settings_from", bug)
+    with pytest.raises(ValueError):
+        main(["models"])
+
 
 @pytest.mark.parametrize("line,needle", [
     ("top_k = 1e400", "top_k=inf"),
@@ -271,3 +318,21 @@ def test_good_values_still_load(tmp_path):
 def test_settings_made_in_code_are_checked_too(field, value):
     with pytest.raises(ConfigError, match=f"^{field}="):
         Settings(**{field: value})
+
+
+@pytest.mark.parametrize("k", ["0", "-3"])
+def test_search_k_must_be_positive(indexed, capsys, k):
+    code, out, err = run_main(capsys, "search", "port", "-k", k)
+    assert code == 2 and f"Invalid value for '-k': {k} is not in the range x>=1" in err and out == ""
+
+
+def test_ask_accepts_the_context_window_the_error_suggests(indexed, capsys):
+    question = "Which port does the server use? " + "please " * 300
+    code, _, err = run_main(capsys, "ask", question, "--context-window", "128")
+    line = one_error_line(err)
+    assert code == 1 and "too long for the model's context" in line and "128 available" in line
+    assert "--context-window" in line
+    code, out, err = run_main(capsys, "ask", question, "--context-window", "4096", "--json")
+    assert code == 0, err
+    assert json.loads(out)["usage"]["prompt_tokens"] > 300
+    assert "--context-window" in CliRunner().invoke(cli, ["eval", "run", "--help"]).output
