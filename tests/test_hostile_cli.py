@@ -162,6 +162,22 @@ def test_ask_streams_and_lists_sources_without_raw_controls(hostile_docs, capsys
     assert EVIL in json.loads(out)["answer"]
 
 
+def test_eval_compare_shows_quoted_controls_visibly(hostile_docs, tmp_path, capsys):
+    from assistant.models import FakeModel, register_model
+
+    register_model("fake-hostile", lambda settings: FakeModel(reply=f"It says {EVIL} [1]"))
+    assert run_main(capsys, "index", str(hostile_docs))[0] == 0
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"id": "z\x1b]0;id\x07", "question": f"What does the zebra note say? {EVIL}",
+                                 "answer": "Zebra crossings are striped."}) + "\n")
+    assert run_main(capsys, "eval", str(suite))[0] == 0
+    assert run_main(capsys, "eval", str(suite), "--model", "fake-hostile")[0] == 0
+    code, out, err = run_main(capsys, "eval", "compare", "previous", "latest", "--by", "rouge_l")
+    assert code == 0, err
+    _no_raw(out)
+    assert r"z\x1b]0;id\x07:" in out and r"B: It says Evil \x1b]0;pwned\x07" in out
+
+
 def test_error_messages_show_control_characters_visibly(capsys):
     code, _, err = run_main(capsys, "index", "docs/\x1b]0;pwned\x07\nfake line")
     line = one_error_line(err)
