@@ -23,7 +23,7 @@ _HINTS = {
     errno.EROFS: "the disk is read-only; choose a folder on a writable disk",
     errno.ENOTDIR: "part of the path is a file, not a folder; choose another path",
     errno.EEXIST: "part of the path is a file, not a folder; choose another path",
-    errno.ENOENT: "the folder does not exist and cannot be created; choose another path",
+    errno.ENOENT: "check that the path and the folders above it exist",
     errno.ENOSPC: "the disk is full; free some space and run it again",
     errno.EDQUOT: "the disk quota is used up; free some space and run it again",
     errno.EISDIR: "that is a folder; give a file name",

@@ -84,7 +84,7 @@ def _option(cmd: click.Command, name: str) -> click.Option:
     return next(p for p in cmd.params if p.name == name)
 
 
-def test_every_collection_command_has_the_same_option(monkeypatch):
+def test_every_collection_command_has_the_same_option():
     ctx = click.Context(cli)
     eval_group = cli.get_command(ctx, "eval")
     commands = {name: cli.get_command(ctx, name) for name in ("index", "search", "ask", "chat", "bench")}
