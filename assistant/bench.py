@@ -18,6 +18,8 @@ import click
 
 from retrieval.errors import InputError
 
+from .cli import collection_option
+
 __all__ = ["BUNDLED_QUESTIONS", "bench_command", "run_bench"]
 
 BUNDLED_QUESTIONS = [
@@ -102,9 +104,11 @@ def run_bench(engine, questions: list[str], methods: list[str], progress=None) -
 @click.option("--max-new-tokens", type=int, default=None, help="Answer length cap (default 256).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None)
+@collection_option
 @click.option("--json", "json_out", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
-def bench_command(ctx, suite, limit, methods, model, draft_model, adapter, max_new_tokens, dtype, device, json_out):
+def bench_command(ctx, suite, limit, methods, model, draft_model, adapter, max_new_tokens, dtype, device, collection,
+                  json_out):
     """Tokens/s, time to first token and retrieval time for off / prompt-lookup / draft, side by side.
 
     \b
@@ -119,7 +123,7 @@ def bench_command(ctx, suite, limit, methods, model, draft_model, adapter, max_n
     from .models import PRESETS
 
     s = settings_from(ctx, model=model, draft_model=draft_model, adapter=adapter, max_new_tokens=max_new_tokens,
-                      dtype=dtype, device=device)
+                      dtype=dtype, device=device, collection=collection)
     chosen = methods.split(",") if methods else ["off", "prompt-lookup"]
     if not methods and (s.draft_model or (s.model in PRESETS and PRESETS[s.model].draft)):
         chosen.append("draft")

@@ -8,7 +8,6 @@ torch, faiss or textual.
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -70,7 +69,15 @@ def settings_from(ctx: click.Context, **flags):
 
 
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+    from ._terminal import safe_json
+
+    click.echo(safe_json(obj, indent=2))
+
+
+def collection_option(fn):
+    """`--collection/-c` after a subcommand (`ragdesk search q -c team`); it wins over the one before it."""
+    return click.option("--collection", "-c", default=None, metavar="NAME",
+                        help="Collection to use (default: default); also accepted before the command.")(fn)
 
 
 def stderr(msg: str) -> None:
@@ -96,10 +103,11 @@ def cli(home, collection):
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@collection_option
 @click.option("--rebuild", is_flag=True, help="Drop the collection's index and embed everything again.")
 @click.option("--json", "json_out", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def index(ctx, paths, rebuild, json_out):
+def index(ctx, paths, collection, rebuild, json_out):
     """Add, update and remove documents (md, rst, txt, html, pdf) incrementally.
 
     \b
@@ -113,10 +121,14 @@ def index(ctx, paths, rebuild, json_out):
     from retrieval import Collection, get_embedder
     from retrieval._chunking import ChunkingConfig
 
-    s = settings_from(ctx)
+    from ._oserrors import ensure_home
+    from ._terminal import safe_text
+
+    s = settings_from(ctx, collection=collection)
     for p in paths:
         if not p.exists():
             raise RagdeskError(f"path not found: {p}", "check the spelling, or index an existing folder")
+    ensure_home(s.home_path)
     stderr(f"loading embedder {s.embedder}...")
     embedder = get_embedder(s.embedder)
     coll = Collection(s.collection_path(), embedder, ChunkingConfig(s.chunk_tokens, s.chunk_overlap))
@@ -138,7 +150,7 @@ def index(ctx, paths, rebuild, json_out):
             stderr("interrupted: the index keeps every file finished so far; run the same command to continue")
             sys.exit(130)
     for w in warnings:
-        stderr(f"warning: {w}")
+        stderr(f"warning: {safe_text(w)}")
     if json_out:
         emit_json(report.to_dict() | {"collection": coll.name})
         return
@@ -157,22 +169,27 @@ def _err_console():
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("query")
-@click.option("-k", "top_k", type=int, default=None, help="How many passages (default 5).")
+@click.option("-k", "top_k", type=click.IntRange(min=1), default=None, metavar="N",
+              help="How many passages (default 5).")
 @click.option("--mode", "search_mode", type=click.Choice(["hybrid", "dense", "bm25"]), default=None,
               help="Retrieval mode (default hybrid).")
+@collection_option
 @click.option("--json", "json_out", is_flag=True, help="Print the source objects as a JSON list.")
 @click.pass_context
-def search(ctx, query, top_k, search_mode, json_out):
+def search(ctx, query, top_k, search_mode, collection, json_out):
     """Ranked passages for QUERY: path, heading, lines, score, text.
 
     \b
     Examples:
       ragdesk search "how do I change the port"
       ragdesk search "TP-2002" --mode bm25 -k 3 --json
+      ragdesk search "backup schedule" --collection team
     """
     from retrieval import Collection, get_embedder
 
-    s = settings_from(ctx, search_mode=search_mode)
+    from ._terminal import safe_text
+
+    s = settings_from(ctx, search_mode=search_mode, collection=collection)
     coll = Collection(s.collection_path(), get_embedder(s.embedder), create=False)
     passages = coll.search(query, k=top_k or 5, mode=s.search_mode)
     if json_out:
@@ -181,14 +198,17 @@ def search(ctx, query, top_k, search_mode, json_out):
     if not passages:
         click.echo("no passages matched")
     for i, p in enumerate(passages, 1):
-        click.echo(click.style(f"[{i}] {p.path}", bold=True) + f"  {p.heading}  ({p.location}, score {p.score:.4f})")
-        snippet = " ".join(p.text.split())
+        click.echo(click.style(f"[{i}] {safe_text(p.path)}", bold=True)
+                   + f"  {safe_text(p.heading)}  ({p.location}, score {p.score:.4f})")
+        snippet = safe_text(" ".join(p.text.split()))
         click.echo("    " + (snippet[:300] + ("..." if len(snippet) > 300 else "")))
 
 
 def _answer_options(fn):
     options = [
-        click.option("-k", "top_k", type=int, default=None, help="Passages to retrieve (default 4)."),
+        collection_option,
+        click.option("-k", "top_k", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Passages to retrieve (default 4)."),
         click.option("--model", "-m", default=None,
                      help="Preset, model folder, .gguf file, cached HF id, or a server: http://HOST:PORT/v1#NAME."),
         click.option("--base-url", default=None,
@@ -197,7 +217,10 @@ def _answer_options(fn):
         click.option("--speculative", type=click.Choice(["off", "prompt-lookup", "draft"]), default=None,
                      help="Speculative decoding method (default prompt-lookup)."),
         click.option("--draft-model", default=None, help="Draft model for --speculative draft."),
-        click.option("--max-new-tokens", type=int, default=None, help="Longest answer in tokens (default 256)."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Longest answer in tokens (default 256)."),
+        click.option("--context-window", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="Prompt + answer token budget (default 0: the model's, at most 4096)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default=None),
     ]
@@ -279,6 +302,7 @@ def ask(ctx, question, json_out, continue_, conversation_id, batch_in, batch_out
 def _stream_answer(engine, sessions, conv: int, question: str, turns, echo: bool):
     """Stream one answer to stdout (when `echo`) while recording it in history; Ctrl-C keeps the partial
     answer, marked cancelled."""
+    from ._terminal import safe_text
     from .answer import Answer, Retrieved, TokenArrived
 
     rec = sessions.start(conv, question)
@@ -289,8 +313,8 @@ def _stream_answer(engine, sessions, conv: int, question: str, turns, echo: bool
                 sessions.sources(rec, event.passages)
             elif isinstance(event, TokenArrived):
                 sessions.progress(rec, event.text)
-                if echo:
-                    click.echo(event.text, nl=False)
+                if echo:  # answers quote documents: no control sequence reaches the terminal
+                    click.echo(safe_text(event.text, keep="\n\t"), nl=False)
                     sys.stdout.flush()
             elif isinstance(event, Answer):
                 answer = event
@@ -305,12 +329,14 @@ def _stream_answer(engine, sessions, conv: int, question: str, turns, echo: bool
 
 
 def _print_sources(answer) -> None:
+    from ._terminal import safe_text
+
     click.echo("\n")
     if answer.citation_mode == "attributed":
         click.echo("(the model cited nothing; * marks the passages that hold the answer's words)")
     for i, p in enumerate(answer.sources, 1):
         mark = "*" if i in answer.cited else " "
-        click.echo(f"{mark}[{i}] {p.path} - {p.heading} ({p.location})")
+        click.echo(f"{mark}[{i}] {safe_text(p.path)} - {safe_text(p.heading)} ({p.location})")
 
 
 def _ask_batch(s, batch_in: Path, batch_out: Path, json_out: bool) -> None:
@@ -421,10 +447,24 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except RagdeskError as exc:
-        stderr(f"error: {exc}")
+        stderr(f"error: {_one_line(str(exc))}")
         sys.exit(1)
     except KeyboardInterrupt:
         stderr("interrupted")
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as exc:  # noqa: BLE001 - only the disk's errors (unwritable folder, full disk) end here
+        from ._oserrors import disk_problem
+
+        problem = disk_problem(exc)
+        if problem is None:
+            raise  # a programming error keeps its traceback
+        stderr(f"error: {_one_line(problem)}")
+        sys.exit(1)
+
+
+def _one_line(message: str) -> str:
+    from ._terminal import safe_text
+
+    return safe_text(message)

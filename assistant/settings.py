@@ -8,6 +8,7 @@ converted to the field's type and checked; a bad one is a `ConfigError` naming i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -21,6 +22,9 @@ __all__ = ["Settings", "load_settings"]
 SPECULATIVE = ("off", "prompt-lookup", "draft")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+_KINDS = {"int": int, "float": (int, float), "str": (str, os.PathLike)}
+_HINTS = {"int": "use a whole number, e.g. 4", "float": "use a finite number, e.g. 0.5",
+          "str": 'quote it in ragdesk.toml, e.g. model = "smollm2-135m"'}
 
 
 def _default_home() -> str:
@@ -70,6 +74,13 @@ class Settings:
         self.validate()
 
     def validate(self) -> None:
+        for f in fields(self):
+            # values set in code (Settings(top_k=True)) get the checks that _coerce gives the file and env
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, _KINDS[f.type]):
+                raise ConfigError(f"{f.name}={value!r} is not a valid {f.type}", _HINTS[f.type])
+            if f.type == "float" and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value!r} is not a valid float", _HINTS["float"])
         checks = [("speculative", SPECULATIVE), ("device", DEVICES), ("dtype", DTYPES),
                   ("search_mode", ("hybrid", "dense", "bm25"))]
         for name, allowed in checks:
@@ -126,15 +137,35 @@ class Settings:
 
 
 def _coerce(name: str, raw: Any, source: str) -> Any:
+    """`raw` as the field's type, refusing what would only fit by losing or inventing something.
+
+    A TOML `true` is not the number 1, `4.9` is not the whole number 4, `nan` and `inf` are no price or
+    penalty, and a TOML number is no model name: each is a ConfigError naming the source, field and value.
+    """
     ftype = {f.name: f.type for f in fields(Settings)}[name]
-    try:
-        if ftype == "int":
+    bad = ConfigError(f"{source}: {name}={raw!r} is not a valid {ftype}", _HINTS.get(ftype))
+    if isinstance(raw, bool):
+        raise bad
+    if ftype == "int":
+        if isinstance(raw, float):
+            raise bad
+        try:
             return int(raw)
-        if ftype == "float":
-            return float(raw)
-        return str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {name}={raw!r} is not a valid {ftype}") from None
+        except (TypeError, ValueError):
+            raise bad from None
+    if ftype == "float":
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(value):
+            raise bad
+        return value
+    if isinstance(raw, os.PathLike):  # a click.Path flag
+        return os.fspath(raw)
+    if not isinstance(raw, str):
+        raise bad
+    return raw
 
 
 def load_settings(flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None,

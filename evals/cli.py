@@ -7,6 +7,7 @@ Imports nothing heavy at module level: ragas, torch and the engine load inside t
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -91,7 +92,6 @@ def _with(options):
 
 @eval_group.command("run", context_settings=CONTEXT)
 @click.argument("suite", type=click.Path(path_type=Path))
-@click.option("--collection", "-c", default=None, help="Collection to answer from (default: default).")
 @_answer_options
 @click.option("--judge", default=None, metavar="J",
               help="Add LLM-judged metrics: a model name/path, or an OpenAI-compatible URL (URL#model).")
@@ -111,6 +111,7 @@ def run_command(ctx, suite, judge, fail_under, fail_over, limit, label, json_out
       ragdesk eval corpus/eval.jsonl --model qwen2.5-1.5b --speculative draft --json
       ragdesk eval my.jsonl --fail-under rouge_l=0.25 --fail-over false_refusal_rate=0.1
     """
+    from assistant._terminal import safe_text
     from assistant.cli import emit_json, settings_from, stderr
 
     from ._harness import run_suite
@@ -118,7 +119,7 @@ def run_command(ctx, suite, judge, fail_under, fail_over, limit, label, json_out
 
     gates = _gates(fail_under, fail_over)
     settings = settings_from(ctx, **flags)
-    items = load_suite(suite, warn=lambda msg: stderr(f"warning: {msg}"))
+    items = load_suite(suite, warn=lambda msg: stderr(f"warning: {safe_text(msg)}"))
     if limit is not None:
         items = items[: max(limit, 0)] or items[:1]
     with _progress() as bar:
@@ -242,12 +243,13 @@ def compare_command(ctx, run_a, run_b, by, top, fail_under, fail_over, max_drop,
 
 
 def _print_compare(result: dict, a: dict, b: dict) -> None:
+    from assistant._terminal import safe_text
     from assistant.cli import stderr
 
     from ._metrics import METRICS
 
     for w in result["warnings"]:
-        stderr(f"warning: {w}")
+        stderr(f"warning: {safe_text(w)}")
     click.echo(f"run {a['id']} ({a['model']}, {a['speculative']}) -> run {b['id']} ({b['model']}, "
                f"{b['speculative']}): {result['shared']} shared samples")
     click.echo(f"{'metric':<22}{'A':>11}{'B':>11}{'B - A':>11}  {'95% interval':<24}")
@@ -262,10 +264,12 @@ def _print_compare(result: dict, a: dict, b: dict) -> None:
     if result["changed"]:
         click.echo(f"\nsamples that changed most on {result['by']}:")
         for c in result["changed"]:
-            click.echo(f"  {c['sample_id']}: {c['a']:.3f} -> {c['b']:.3f}  {c['question'][:70]}")
+            # suite text and answers (which quote documents) are shown with their control characters visible
+            click.echo(f"  {safe_text(c['sample_id'])}: {c['a']:.3f} -> {c['b']:.3f}  "
+                       f"{safe_text(c['question'][:70])}")
             if c["answer_changed"]:
-                click.echo(f"      A: {' '.join(c['answer_a'].split())[:100]}")
-                click.echo(f"      B: {' '.join(c['answer_b'].split())[:100]}")
+                click.echo(f"      A: {safe_text(' '.join(c['answer_a'].split())[:100])}")
+                click.echo(f"      B: {safe_text(' '.join(c['answer_b'].split())[:100])}")
 
 
 @eval_group.command("list", context_settings=CONTEXT)
@@ -316,9 +320,18 @@ def report_command(ctx, run, html_path):
 
     store = _store(ctx)
     record, samples = store.run(run), store.samples(run)
-    html_path.parent.mkdir(parents=True, exist_ok=True)
+    page = render_report(record, samples)
     tmp = html_path.with_name(html_path.name + ".tmp")
-    tmp.write_text(render_report(record, samples), encoding="utf-8")
-    tmp.replace(html_path)
+    try:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(html_path)
+    except OSError as exc:
+        from retrieval.errors import InputError
+
+        with contextlib.suppress(OSError):  # a half-written page must not stay behind
+            tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write the report to {html_path}: {exc.strerror or exc}",
+                         "give --html a path in a folder you can write to, e.g. --html report.html") from None
     click.echo(str(html_path))
     sys.stdout.flush()

@@ -11,6 +11,8 @@ from functools import partial
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.content import Content
 
+from assistant._terminal import safe_text
+
 __all__ = ["RagdeskCommands"]
 
 
@@ -22,7 +24,8 @@ class RagdeskCommands(Provider):
             entries.append((f"Open conversation: {conv.title}", f"collection {conv.collection}",
                             partial(app.open_conversation_later, conv.id)))
         for n, p in enumerate(app.selected_sources(), 1):
-            entries.append((f"Show source [{n}]: {p.path}", p.heading or "", partial(app.show_source, n)))
+            entries.append((f"Show source [{n}]: {safe_text(p.path)}", safe_text(p.heading or ""),
+                            partial(app.show_source, n)))
         return entries
 
     async def discover(self) -> Hits:

@@ -3,6 +3,8 @@
 Widgets only show things; the app decides what happens (history, engine, workers). Text that comes from
 documents, users or the model is always shown literally: plain strings go through `rich.text.Text` or
 `markup=False`, answers through the Markdown widget (which never reads console markup such as `[bold]`).
+Rich passes escape sequences through, so document text and answers (which quote documents) also go through
+`safe_text` first: an ESC in a passage shows as `\x1b` and never reaches the terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
+
+from assistant._terminal import safe_text
 
 if TYPE_CHECKING:
     from retrieval import Passage
@@ -136,7 +140,7 @@ class AnswerBox(Vertical, can_focus=False):
 
     def compose(self):
         body = self.text if self.status == "pending" else link_citations(self.text, len(self.sources))
-        yield Markdown(body, open_links=False)
+        yield Markdown(safe_text(body, keep="\n\t"), open_links=False)
         yield Static(self._meta, classes="meta", markup=False)
 
     @property
@@ -149,7 +153,7 @@ class AnswerBox(Vertical, can_focus=False):
         self.text += fragment
         if self._stream is None:
             self._stream = Markdown.get_stream(self.markdown)
-        await self._stream.write(fragment)
+        await self._stream.write(safe_text(fragment, keep="\n\t"))
 
     async def finish(self, text: str, sources: list["Passage"], status: str, meta: Text) -> None:
         if self._stream is not None:
@@ -159,7 +163,7 @@ class AnswerBox(Vertical, can_focus=False):
         shown = link_citations(text, len(sources))
         if not text and status != "complete":
             shown = "*(no answer text)*"
-        await self.markdown.update(shown)
+        await self.markdown.update(safe_text(shown, keep="\n\t"))
         self.query_one(".meta", Static).update(meta)
         self.set_class(status == "failed", "failed")
         self.set_class(status == "cancelled", "cancelled")
@@ -242,8 +246,9 @@ class SourcesPanel(Vertical):
         cited = cited or []
         options = []
         for n, p in enumerate(passages, 1):
-            line = Text.assemble((f"[{n}]", "bold" if n in cited else "dim"), " ", (_short(p.path, 38), "bold"), "\n",
-                                 f"  {p.heading or '-'}\n", (f"  {p.location} · score {p.score:.3f}", "dim"))
+            line = Text.assemble((f"[{n}]", "bold" if n in cited else "dim"), " ",
+                                 (_short(safe_text(p.path), 38), "bold"), "\n", f"  {safe_text(p.heading or '-')}\n",
+                                 (f"  {p.location} · score {p.score:.3f}", "dim"))
             options.append(Option(line, id=str(n)))
         olist = self.query_one("#source-list", OptionList)
         olist.clear_options()
@@ -257,8 +262,9 @@ class SourcesPanel(Vertical):
         if not 1 <= n <= len(passages) or not self.is_attached:
             return False
         p = passages[n - 1]
-        head = Text.assemble((f"[{n}] {p.path}", "bold"), "\n", (f"{p.heading} · {p.location}", "italic"), "\n\n")
-        self.query_one("#passage", Static).update(head + Text(p.text))
+        head = Text.assemble((f"[{n}] {safe_text(p.path)}", "bold"), "\n",
+                             (f"{safe_text(p.heading)} · {p.location}", "italic"), "\n\n")
+        self.query_one("#passage", Static).update(head + Text(safe_text(p.text, keep="\n\t")))
         olist = self.query_one("#source-list", OptionList)
         if olist.highlighted != n - 1:
             olist.highlighted = n - 1

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import click
 
-from assistant.cli import CONTEXT
+from assistant.cli import CONTEXT, collection_option
 
 __all__ = ["chat_command"]
 
 
 @click.command("chat", context_settings=CONTEXT)
-@click.option("--collection", "-c", default=None, help="Collection to answer from (default: default).")
+@collection_option
 @click.option("--model", "-m", default=None, help="Model: preset, HF id, folder or .gguf (default: smollm2-135m).")
 @click.option("--speculative", type=click.Choice(["off", "prompt-lookup", "draft"]), default=None,
               help="Speculative decoding method (default: prompt-lookup).")
