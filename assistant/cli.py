@@ -125,7 +125,10 @@ def index(ctx, paths, rebuild, json_out):
         task = bar.add_task("scanning", total=None)
 
         def progress(stage, done, total):
-            label = {"scan": "indexing files", "embed": f"embedding {total} chunks", "vectors": "writing vectors"}
+            label = {"scan": "indexing files", "embed": f"embedding {total} chunks", "vectors": "writing vectors",
+                     "wait": f"waiting for another index run on collection {coll.name}..."}
+            if stage == "wait":  # printed, not only in the transient bar: the wait may be long
+                bar.console.print(label[stage], markup=False, highlight=False)
             if stage == "scan":
                 bar.update(task, description=label[stage], completed=done, total=total)
             else:
