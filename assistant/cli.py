@@ -112,9 +112,11 @@ def index(ctx, paths, rebuild, json_out):
     from retrieval import Collection, get_embedder
     from retrieval._chunking import ChunkingConfig
 
+    import os
+
     s = settings_from(ctx)
     for p in paths:
-        if not p.exists():
+        if not os.path.lexists(p):  # a symlink loop "exists": the index reports it by name
             raise RagdeskError(f"path not found: {p}", "check the spelling, or index an existing folder")
     stderr(f"loading embedder {s.embedder}...")
     embedder = get_embedder(s.embedder)

@@ -39,6 +39,7 @@ class Scan:
     ignored: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     keep: list[str] = field(default_factory=list)
+    listed: set[str] = field(default_factory=set)
 
     def kept(self, abspath: str) -> bool:
         return any(abspath == k or abspath.startswith(k + os.sep) for k in self.keep)
@@ -89,7 +90,8 @@ def _add_file(scan: Scan, path: Path, display: str, st: os.stat_result, max_byte
         scan.skipped.append((display, f"too large ({st.st_size / 1e6:.3g} MB, the limit is "
                                       f"{max_bytes / 1e6:.3g} MB: raise max_file_mb to index it)"))
         scan.keep.append(absolute)  # not read: its old document may still be right
-    else:
+    elif absolute not in scan.listed:  # a link and its target (or a path given twice) are one document
+        scan.listed.add(absolute)
         scan.files.append((Path(absolute), display))
 
 

@@ -201,6 +201,21 @@ def test_symlink_loops_are_reported_and_the_rest_indexed(tmp_path):
     # a loop given by name is a skip too, not a traceback
     r = coll.update([docs / "self.md"])
     assert r.skipped == [(str(docs / "self.md"), "symlink loop")] and r.removed == 0
+    res = cli(["index", str(docs / "self.md")], tmp_path)
+    assert res.returncode == 0 and f"skipped {docs / 'self.md'}: symlink loop" in res.stderr, res.stderr
+
+
+def test_links_to_one_file_index_it_once_and_a_dangling_link_is_named(tmp_path):
+    docs = write(tmp_path / "docs", {"a.md": "# Alpha\n\nAlpha text.\n", "t.md": "# Target\n\nLinked text.\n"})
+    os.symlink("t.md", docs / "link.md")
+    coll = make_coll(tmp_path)
+    r = coll.update([docs])
+    assert (r.added, r.updated, r.embedded) == (2, 0, 2) and doc_paths(coll) == [str(docs / "a.md"),
+                                                                               str(docs / "link.md")]
+    (docs / "t.md").unlink()
+    r = coll.update([docs])
+    assert r.skipped == [(str(docs / "link.md"), "broken symbolic link")] and r.removed == 1
+    assert doc_paths(coll) == [str(docs / "a.md")]
 
 
 # ---- 5. two runs at once -------------------------------------------------------------------------------------
