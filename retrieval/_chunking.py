@@ -73,12 +73,13 @@ def chunk_prefix(title: str, trail: tuple[str, ...]) -> str:
     return " > ".join(p for p in parts if p)
 
 
-def _split_spans(text: str, base: int, count: Callable[[str], int], budget: int) -> list[tuple[int, int]]:
-    """Split text (at offset base) into spans of at most `budget` tokens: sentences first, then words.
+def _split_spans(text: str, base: int, count: Callable[[str], int], budget: int) -> list[tuple[int, int, int]]:
+    """Split text (at offset base) into (start, end, tokens) spans of at most `budget` tokens: sentences first,
+    then words. `tokens` is -1 where the span was not counted whole.
 
     Linear in len(text): the sentence and word matches are streamed and each character is counted once or
     twice, never re-scanned from the start (a 20 MB one-paragraph file must not stall the index)."""
-    out: list[tuple[int, int]] = []
+    out: list[tuple[int, int, int]] = []
     pos = 0
     for m in _SENTENCE_END.finditer(text):
         _add_sentence(text, pos, m.start(), base, count, budget, out)
@@ -88,15 +89,17 @@ def _split_spans(text: str, base: int, count: Callable[[str], int], budget: int)
 
 
 def _add_sentence(text: str, s: int, e: int, base: int, count: Callable[[str], int], budget: int,
-                  out: list[tuple[int, int]]) -> None:
+                  out: list[tuple[int, int, int]]) -> None:
     """Append the sentence text[s:e] as one span, or cut at words (and absurd words by characters)."""
     sentence = text[s:e]
     if not sentence.strip():
         return
-    # a span longer than 64 characters per token of budget cannot fit: skip counting it whole (counting a
-    # multi-megabyte "sentence" with a real tokenizer costs seconds and memory for nothing)
-    if len(sentence) <= 64 * budget and count(sentence) <= budget:
-        out.append((base + s, base + e))
+    # a span over 64 characters per token of budget fits only if its tokens average over 64 characters: cut it
+    # without counting it whole (counting a multi-megabyte "sentence" with a real tokenizer costs seconds and
+    # memory for nothing)
+    n = count(sentence) if len(sentence) <= 64 * budget else budget + 1
+    if n <= budget:
+        out.append((base + s, base + e, n))
         return
     cur = prev_end = -1  # cur: start of the open span of words, -1 when none is open
     acc = 0
@@ -104,19 +107,19 @@ def _add_sentence(text: str, s: int, e: int, base: int, count: Callable[[str], i
         ws, we = m.start(), m.end()
         n = count(m.group())
         if cur >= 0 and acc + n > budget:
-            out.append((base + cur, base + prev_end))
+            out.append((base + cur, base + prev_end, -1))  # a sum of word counts is not the count of the span
             cur, acc = -1, 0
         if n > budget:  # one absurdly long "word": cut it by characters
             step = max(1, (we - ws) * budget // (n + 1))
             for cs in range(ws, we, step):
-                out.append((base + cs, base + min(we, cs + step)))
+                out.append((base + cs, base + min(we, cs + step), -1))
             continue
         if cur < 0:
             cur = ws
         acc += n
         prev_end = we
     if cur >= 0:
-        out.append((base + cur, base + prev_end))
+        out.append((base + cur, base + prev_end, -1))
 
 
 def chunk_document(doc: Document, count_tokens: Callable[[str], int], config: ChunkingConfig) -> list[Chunk]:
@@ -140,7 +143,7 @@ def chunk_document(doc: Document, count_tokens: Callable[[str], int], config: Ch
         # line numbers by a running newline count: recounting from the block start for every span was
         # quadratic in the block's length
         lines_before, counted_to = 0, block.start
-        for s, e in _split_spans(block.text, block.start, count_tokens, budget):
+        for s, e, n_span in _split_spans(block.text, block.start, count_tokens, budget):
             if doc.unit == "line":
                 lines_before += text.count("\n", counted_to, s)
                 counted_to = s
@@ -149,7 +152,7 @@ def chunk_document(doc: Document, count_tokens: Callable[[str], int], config: Ch
             else:
                 first, last = block.first, block.last
             pieces.append(_Piece(s, e, first, min(last, max(block.last, first)), block.trail, False,
-                                 count_tokens(text[s:e])))
+                                 n_span if n_span >= 0 else count_tokens(text[s:e])))
 
     chunks: list[Chunk] = []
     current: list[_Piece] = []
