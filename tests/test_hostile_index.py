@@ -264,17 +264,26 @@ def test_second_run_waits_for_the_lock_and_says_so(tmp_path, ragdesk_env):
     docs = corpus(tmp_path / "docs", 20)
     folder = ragdesk_env / "collections" / "default"
     folder.mkdir(parents=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-c", "from assistant.cli import main; main()", "index", str(docs), "--json"]
+    errs = [tmp_path / f"err{i}.txt" for i in range(2)]
+    waiting = "waiting for another index run on collection default..."
     with open(folder / "index.lock", "a+b") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # stands in for a long first run
-        procs = run_two(tmp_path, docs)
-        time.sleep(8)
-        assert all(p.poll() is None for p in procs), "a run went ahead while the collection was locked"
+        procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err.open("w"),
+                                  text=True) for err in errs]
+        deadline = time.monotonic() + 90
+        while not all(waiting in err.read_text() for err in errs):  # both have reached the lock
+            assert all(p.poll() is None for p in procs), "a run went ahead while the collection was locked"
+            assert time.monotonic() < deadline, [err.read_text() for err in errs]
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert all(p.poll() is None for p in procs)
         fcntl.flock(held.fileno(), fcntl.LOCK_UN)
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
-        assert "waiting for another index run on collection default..." in err
-    assert sorted(json.loads(out)["added"] for out, _ in outs) == [0, 20]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, err in zip(procs, errs):
+        assert p.returncode == 0 and "Traceback" not in err.read_text(), err.read_text()[-2000:]
+    assert sorted(json.loads(out)["added"] for out in outs) == [0, 20]
 
 
 # ---- 6. NUL bytes after the first 8 KB -----------------------------------------------------------------------
