@@ -3,7 +3,8 @@
 Each loader keeps the path, the title, the heading trail of every block and its line range (page range for
 PDF), so a chunk can later say "install/docker.md, Docker > Volumes, lines 40-58". Loaders do not chunk and do
 not embed; they never raise for a bad file either: `load_document` raises `SkipFile` with a reason, and the
-indexer counts and reports it.
+indexer counts and reports it. What a parsing library warns about (pypdf on a truncated PDF) is caught and
+handed to a `warn` callback naming the file, never left to reach stderr bare.
 """
 
 from __future__ import annotations
