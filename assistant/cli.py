@@ -121,24 +121,30 @@ def index(ctx, paths, collection, rebuild, json_out):
     from retrieval import Collection, get_embedder
     from retrieval._chunking import ChunkingConfig
 
+    import os
+
     from ._oserrors import ensure_home
     from ._terminal import safe_text
 
     s = settings_from(ctx, collection=collection)
     for p in paths:
-        if not p.exists():
+        if not os.path.lexists(p):  # a symlink loop "exists": the index reports it by name
             raise RagdeskError(f"path not found: {p}", "check the spelling, or index an existing folder")
     ensure_home(s.home_path)
     stderr(f"loading embedder {s.embedder}...")
     embedder = get_embedder(s.embedder)
-    coll = Collection(s.collection_path(), embedder, ChunkingConfig(s.chunk_tokens, s.chunk_overlap))
+    coll = Collection(s.collection_path(), embedder,
+                      ChunkingConfig(s.chunk_tokens, s.chunk_overlap, max_file_mb=s.max_file_mb))
     warnings: list[str] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=_err_console(), transient=True) as bar:
         task = bar.add_task("scanning", total=None)
 
         def progress(stage, done, total):
-            label = {"scan": "indexing files", "embed": f"embedding {total} chunks", "vectors": "writing vectors"}
+            label = {"scan": "indexing files", "embed": f"embedding {total} chunks", "vectors": "writing vectors",
+                     "wait": f"waiting for another index run on collection {coll.name}..."}
+            if stage == "wait":  # printed, not only in the transient bar: the wait may be long
+                bar.console.print(label[stage], markup=False, highlight=False)
             if stage == "scan":
                 bar.update(task, description=label[stage], completed=done, total=total)
             else:

@@ -41,6 +41,7 @@ class Settings:
     embedder: str = field(default="minilm", metadata={"doc": "embedder name or local sentence-transformers folder"})
     chunk_tokens: int = field(default=192, metadata={"doc": "target chunk size in embedder tokens"})
     chunk_overlap: int = field(default=32, metadata={"doc": "overlap between neighbouring chunks, in tokens"})
+    max_file_mb: float = field(default=50.0, metadata={"doc": "larger files are skipped by index, with a message"})
     top_k: int = field(default=4, metadata={"doc": "passages retrieved per question"})
     search_mode: str = field(default="hybrid", metadata={"doc": "hybrid, dense or bm25"})
     model: str = field(default="smollm2-135m", metadata={"doc": "preset name, HF id, model folder or .gguf file"})
@@ -97,6 +98,8 @@ class Settings:
         for name in ("request_timeout", "connect_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive number of seconds")
+        if not self.max_file_mb > 0:
+            raise ConfigError(f"max_file_mb={self.max_file_mb} must be a positive number of megabytes")
         if self.repetition_penalty <= 0:
             raise ConfigError(f"repetition_penalty={self.repetition_penalty} must be positive")
         if not self.collection or "/" in self.collection or self.collection.startswith("."):

@@ -20,11 +20,13 @@ __all__ = ["Chunk", "ChunkingConfig", "chunk_document", "chunk_prefix"]
 
 @dataclass(frozen=True)
 class ChunkingConfig:
-    """How big chunks are, in embedder tokens. `max_tokens` is the embedder's limit, filled in by the index."""
+    """How big chunks are, in embedder tokens. `max_tokens` is the embedder's limit, filled in by the index.
+    `max_file_mb` bounds the input: the index skips (and names) larger files before reading them."""
 
     chunk_tokens: int = 192
     overlap_tokens: int = 32
     max_tokens: int = 256
+    max_file_mb: float = 50.0
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 16:
@@ -34,6 +36,8 @@ class ChunkingConfig:
                               f"chunk_tokens={self.chunk_tokens}", "lower overlap_tokens")
         if self.max_tokens < 32:
             raise ConfigError(f"max_tokens={self.max_tokens} is too small", "use the embedder's max length")
+        if not self.max_file_mb > 0:
+            raise ConfigError(f"max_file_mb={self.max_file_mb} must be above 0", "use e.g. 50")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class _Piece:
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?:;])\s+|\n")
+_WORD = re.compile(r"\S+")
 
 
 def chunk_prefix(title: str, trail: tuple[str, ...]) -> str:
@@ -68,73 +73,100 @@ def chunk_prefix(title: str, trail: tuple[str, ...]) -> str:
     return " > ".join(p for p in parts if p)
 
 
-def _split_spans(text: str, base: int, count: Callable[[str], int], budget: int) -> list[tuple[int, int]]:
-    """Split text (at offset base) into spans of at most `budget` tokens: sentences first, then words."""
-    spans: list[tuple[int, int]] = []
+def _split_spans(text: str, base: int, count: Callable[[str], int], budget: int) -> list[tuple[int, int, int]]:
+    """Split text (at offset base) into (start, end, tokens) spans of at most `budget` tokens: sentences first,
+    then words. `tokens` is -1 where the span was not counted whole.
+
+    Linear in len(text): the sentence and word matches are streamed and each character is counted once or
+    twice, never re-scanned from the start (a 20 MB one-paragraph file must not stall the index)."""
+    out: list[tuple[int, int, int]] = []
     pos = 0
-    for m in list(_SENTENCE_END.finditer(text)) + [None]:
-        end = m.start() if m else len(text)
-        nxt = m.end() if m else len(text)
-        if text[pos:end].strip():
-            spans.append((pos, end))
-        pos = nxt
-    out: list[tuple[int, int]] = []
-    for s, e in spans:
-        if count(text[s:e]) <= budget:
-            out.append((base + s, base + e))
-            continue
-        words = [(m.start() + s, m.end() + s) for m in re.finditer(r"\S+", text[s:e])]
-        cur = words[0][0]
-        acc = 0
-        for ws, we in words:
-            n = count(text[ws:we])
-            if acc and acc + n > budget:
-                out.append((base + cur, base + prev_end))
-                cur, acc = ws, 0
-            if n > budget:  # one absurdly long "word": cut it by characters
-                step = max(1, len(text[ws:we]) * budget // (n + 1))
-                for cs in range(ws, we, step):
-                    out.append((base + cs, base + min(we, cs + step)))
-                cur, acc = we, 0
-                prev_end = we
-                continue
-            acc += n
-            prev_end = we
-        if acc:
-            out.append((base + cur, base + prev_end))
+    for m in _SENTENCE_END.finditer(text):
+        _add_sentence(text, pos, m.start(), base, count, budget, out)
+        pos = m.end()
+    _add_sentence(text, pos, len(text), base, count, budget, out)
     return out
+
+
+def _add_sentence(text: str, s: int, e: int, base: int, count: Callable[[str], int], budget: int,
+                  out: list[tuple[int, int, int]]) -> None:
+    """Append the sentence text[s:e] as one span, or cut at words (and absurd words by characters)."""
+    sentence = text[s:e]
+    if not sentence.strip():
+        return
+    # a span over 64 characters per token of budget fits only if its tokens average over 64 characters: cut it
+    # without counting it whole (counting a multi-megabyte "sentence" with a real tokenizer costs seconds and
+    # memory for nothing)
+    n = count(sentence) if len(sentence) <= 64 * budget else budget + 1
+    if n <= budget:
+        out.append((base + s, base + e, n))
+        return
+    cur = prev_end = -1  # cur: start of the open span of words, -1 when none is open
+    acc = 0
+    for m in _WORD.finditer(text, s, e):
+        ws, we = m.start(), m.end()
+        n = count(m.group())
+        if cur >= 0 and acc + n > budget:
+            out.append((base + cur, base + prev_end, -1))  # a sum of word counts is not the count of the span
+            cur, acc = -1, 0
+        if n > budget:  # one absurdly long "word": cut it by characters
+            step = max(1, (we - ws) * budget // (n + 1))
+            for cs in range(ws, we, step):
+                out.append((base + cs, base + min(we, cs + step), -1))
+            continue
+        if cur < 0:
+            cur = ws
+        acc += n
+        prev_end = we
+    if cur >= 0:
+        out.append((base + cur, base + prev_end, -1))
 
 
 def chunk_document(doc: Document, count_tokens: Callable[[str], int], config: ChunkingConfig) -> list[Chunk]:
     """Split `doc` into chunks; `count_tokens` must be the embedder's own token counter."""
     text = doc.text
+    prefix_cache: dict[tuple[str, ...], int] = {}
+
+    def prefix_tokens_of(trail: tuple[str, ...]) -> int:  # counted once per section, not once per piece
+        if trail not in prefix_cache:
+            prefix_cache[trail] = count_tokens(chunk_prefix(doc.title, trail))
+        return prefix_cache[trail]
+
     pieces: list[_Piece] = []
     for block in doc.blocks:
-        prefix_tokens = count_tokens(chunk_prefix(doc.title, block.trail))
+        prefix_tokens = prefix_tokens_of(block.trail)
         budget = max(8, min(config.chunk_tokens, config.max_tokens - prefix_tokens - 4))
-        n = count_tokens(block.text)
+        n = count_tokens(block.text) if len(block.text) <= 64 * budget else budget + 1  # see _add_sentence
         if n <= budget:
             pieces.append(_Piece(block.start, block.end, block.first, block.last, block.trail, block.heading, n))
             continue
-        for s, e in _split_spans(block.text, block.start, count_tokens, budget):
-            first = block.first + text[block.start:s].count("\n") if doc.unit == "line" else block.first
-            last = first + text[s:e].count("\n") if doc.unit == "line" else block.last
+        # line numbers by a running newline count: recounting from the block start for every span was
+        # quadratic in the block's length
+        lines_before, counted_to = 0, block.start
+        for s, e, n_span in _split_spans(block.text, block.start, count_tokens, budget):
+            if doc.unit == "line":
+                lines_before += text.count("\n", counted_to, s)
+                counted_to = s
+                first = block.first + lines_before
+                last = first + text.count("\n", s, e)
+            else:
+                first, last = block.first, block.last
             pieces.append(_Piece(s, e, first, min(last, max(block.last, first)), block.trail, False,
-                                 count_tokens(text[s:e])))
+                                 n_span if n_span >= 0 else count_tokens(text[s:e])))
 
     chunks: list[Chunk] = []
     current: list[_Piece] = []
 
     def budget_for(trail: tuple[str, ...]) -> int:
         return max(8, min(config.chunk_tokens,
-                          config.max_tokens - count_tokens(chunk_prefix(doc.title, trail)) - 4))
+                          config.max_tokens - prefix_tokens_of(trail) - 4))
 
     def emit() -> None:
         body = [p for p in current if not p.heading] or current
         trail = body[0].trail
         s, e = current[0].start, current[-1].end
         chunks.append(Chunk(len(chunks), text[s:e], trail, current[0].first, current[-1].last, s, e,
-                            count_tokens(chunk_prefix(doc.title, trail)) + count_tokens(text[s:e])))
+                            prefix_tokens_of(trail) + count_tokens(text[s:e])))
 
     for piece in pieces:
         if current:

@@ -4,11 +4,13 @@ Indexing is incremental by content hash: an unchanged file embeds nothing, a cha
 a file gone from an indexed folder disappears. Each batch of files is written in one SQLite transaction
 together with a bump of the collection's `generation`; the FAISS file is refreshed at the end of the run (also
 after Ctrl-C) and rebuilt from stored vectors on open whenever it disagrees with SQLite, so a run killed at
-any point leaves an index that opens and answers.
+any point leaves an index that opens and answers. Runs on one collection take turns (an advisory lock, see
+`_scan.collection_lock`); what the scan cannot read is reported and keeps its documents (`_scan.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -24,7 +26,8 @@ import numpy as np
 
 from ._chunking import ChunkingConfig, chunk_document, chunk_prefix
 from ._embedders import Embedder
-from ._loaders import SUPPORTED_SUFFIXES, SkipFile, load_document
+from ._loaders import SkipFile, load_document
+from ._scan import collection_lock, read_regular, scan_paths
 from ._store import VectorIndex, get_meta, ids_digest, open_db, set_meta
 from .errors import ConfigError, IndexMissingError, InputError
 
@@ -130,10 +133,12 @@ class Collection:
                                     f"run: ragdesk index PATH --collection {self.name}")
         self.embedder = embedder
         base = chunking or ChunkingConfig()
-        self.chunking = ChunkingConfig(base.chunk_tokens, base.overlap_tokens,
-                                       min(base.max_tokens, embedder.max_tokens))
+        self.chunking = dataclasses.replace(base, max_tokens=min(base.max_tokens, embedder.max_tokens))
         self.search_config = search or SearchConfig()
-        self.db = open_db(self.root / "index.db")
+        # two processes creating one collection at once would both run the migrations: take turns (a lock
+        # of its own, held for milliseconds, so opening never waits for a whole index run)
+        with collection_lock(self.root, "open.lock"):
+            self.db = open_db(self.root / "index.db")
         stored = get_meta(self.db, "embedder")
         if stored and stored != embedder.name:
             raise ConfigError(f"collection {self.name!r} was built with embedder {stored!r}, not {embedder.name!r}",
@@ -216,40 +221,26 @@ class Collection:
         self._faiss = current
 
     # ---- indexing ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _scan(paths: Iterable[Path]) -> tuple[list[tuple[Path, str]], list[Path], int]:
-        """Files to index as (abspath, display path), the roots they came from, and unsupported files seen."""
-        files: list[tuple[Path, str]] = []
-        roots: list[Path] = []
-        ignored = 0
-        for given in paths:
-            p = Path(given)
-            if not p.exists():
-                raise InputError(f"path not found: {given}", "check the spelling, or index an existing folder")
-            roots.append(p.resolve())
-            if p.is_file():
-                files.append((p.resolve(), str(given)))
-                continue
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-                for fn in sorted(filenames):
-                    if fn.startswith("."):
-                        continue
-                    fp = Path(dirpath) / fn
-                    if fp.suffix.lower() not in SUPPORTED_SUFFIXES:
-                        ignored += 1
-                        continue
-                    files.append((fp.resolve(), os.path.normpath(str(fp))))
-        return files, roots, ignored
-
     def update(self, paths: Iterable[Path], rebuild: bool = False, progress: ProgressFn | None = None,
                warn: Callable[[str], None] | None = None, batch_chunks: int = 256) -> IndexReport:
-        """Index `paths` (files or folders) incrementally; returns what changed."""
+        """Index `paths` (files or folders) incrementally; returns what changed.
+
+        One run at a time per collection: a second one reports progress stage "wait" and waits for the lock.
+        Whatever cannot be read (a folder, a file, a symlink loop) is skipped by name through `warn` and
+        keeps its indexed documents; only files really gone from an indexed folder are removed."""
+        progress = progress or (lambda stage, done, total: None)
+        with collection_lock(self.root, on_wait=lambda: progress("wait", 0, 0)):
+            return self._update(list(paths), rebuild, progress, warn or (lambda msg: None), batch_chunks)
+
+    def _update(self, paths: list[Path], rebuild: bool, progress: ProgressFn, warn: Callable[[str], None],
+                batch_chunks: int) -> IndexReport:
         t0 = time.perf_counter()
         report = IndexReport()
-        progress = progress or (lambda stage, done, total: None)
-        warn = warn or (lambda msg: None)
-        files, roots, report.ignored = self._scan(paths)
+        scan = scan_paths(paths, int(self.chunking.max_file_mb * 1_000_000))
+        files, roots, report.ignored = scan.files, scan.roots, scan.ignored
+        for display, reason in scan.skipped:
+            report.skipped.append((display, reason))
+            warn(f"skipped {display}: {reason}")
         set_meta_needed = get_meta(self.db, "embedder") is None
         if rebuild:
             with self.db.atomic():
@@ -317,8 +308,8 @@ class Collection:
                 key = str(abspath)
                 seen.add(key)
                 try:
-                    data = abspath.read_bytes()
-                except OSError as exc:
+                    data = read_regular(abspath)
+                except OSError as exc:  # kept: `seen` has it, so its indexed document stays
                     report.skipped.append((display, f"unreadable ({exc.strerror or exc})"))
                     warn(f"skipped {display}: unreadable ({exc.strerror or exc})")
                     continue
@@ -327,7 +318,7 @@ class Collection:
                     report.unchanged += 1
                     continue
                 try:
-                    doc = load_document(abspath, display)
+                    doc = load_document(abspath, display, data=data, warn=warn)
                 except SkipFile as exc:
                     report.skipped.append((display, str(exc)))
                     warn(f"skipped {display}: {exc}")
@@ -345,7 +336,8 @@ class Collection:
             flush()
             progress("scan", len(files), len(files))
             # files that were indexed under these roots and are gone now
-            gone = [(ap, v[0]) for ap, v in known.items() if ap not in seen and any(
+            # (documents under a folder that could not be listed, or a file not read, are not gone)
+            gone = [(ap, v[0]) for ap, v in known.items() if ap not in seen and not scan.kept(ap) and any(
                 ap == str(r) or ap.startswith(str(r) + os.sep) for r in roots)]
             if gone:
                 with self.db.atomic():

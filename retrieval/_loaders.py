@@ -3,16 +3,21 @@
 Each loader keeps the path, the title, the heading trail of every block and its line range (page range for
 PDF), so a chunk can later say "install/docker.md, Docker > Volumes, lines 40-58". Loaders do not chunk and do
 not embed; they never raise for a bad file either: `load_document` raises `SkipFile` with a reason, and the
-indexer counts and reports it.
+indexer counts and reports it. What a parsing library warns about (pypdf on a truncated PDF) is caught and
+handed to a `warn` callback naming the file, never left to reach stderr bare.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import html.parser
+import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 __all__ = ["SUPPORTED_SUFFIXES", "Block", "Document", "SkipFile", "decode_text", "load_document"]
 
@@ -20,6 +25,8 @@ SUPPORTED_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".rst": "rst",
                       ".text": "text", ".html": "html", ".htm": "html", ".pdf": "pdf"}
 
 BLOCK_SEP = "\n\n"
+
+_log = logging.getLogger(__name__)
 
 
 class SkipFile(Exception):
@@ -71,8 +78,11 @@ def decode_text(data: bytes) -> str:
                      (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
             return data.decode(enc, errors="replace")
-    if b"\x00" in data[:8192]:
-        raise SkipFile("binary file (NUL bytes)")
+    # any NUL byte makes the file binary, not only one in the first 8 KB: a text header over binary data would
+    # otherwise put NULs and mojibake into chunks. Skipping (with the offset) beats silently stripping them.
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise SkipFile("binary file (NUL bytes)" if nul < 8192 else f"binary file (NUL byte at offset {nul})")
     for enc in ("utf-8", "cp1252"):
         try:
             return data.decode(enc)
@@ -81,20 +91,25 @@ def decode_text(data: bytes) -> str:
     return data.decode("latin-1")
 
 
-def load_document(path: Path, display_path: str | None = None) -> Document:
-    """Load one file; raises SkipFile (unsupported, unreadable, binary, empty) instead of failing the run."""
+def load_document(path: Path, display_path: str | None = None, data: bytes | None = None,
+                  warn: Callable[[str], None] | None = None) -> Document:
+    """Load one file (or its already-read `data`); raises SkipFile (unsupported, unreadable, binary, empty)
+    instead of failing the run. Warnings of the parsing libraries (pypdf's "EOF marker not found"...) are
+    caught and passed to `warn` prefixed with the file's name, once each; without `warn` they are logged."""
     kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise SkipFile(f"unsupported file type {path.suffix or '(none)'}")
     name = display_path or str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SkipFile(f"unreadable ({exc.strerror or exc})") from None
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SkipFile(f"unreadable ({exc.strerror or exc})") from None
     if not data.strip():
         raise SkipFile("empty file")
     if kind == "pdf":
-        doc = _load_pdf(data, name)
+        with _library_warnings(name, warn):
+            doc = _load_pdf(data, name)
     else:
         text = decode_text(data).replace("\r\n", "\n").replace("\r", "\n")
         loader = {"markdown": _load_markdown, "rst": _load_rst, "text": _load_text, "html": _load_html}[kind]
@@ -102,6 +117,38 @@ def load_document(path: Path, display_path: str | None = None) -> Document:
     if not doc.text.strip():
         raise SkipFile("no text found")
     return doc
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _library_warnings(name: str, warn: Callable[[str], None] | None):
+    """Catch what pypdf logs or `warnings.warn`s while one file is parsed, and hand it on naming the file:
+    left alone it reaches stderr as a bare "EOF marker not found" with no hint of which file."""
+    logger = logging.getLogger("pypdf")
+    handler = _Collect()
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        messages = handler.messages + [str(w.message) for w in caught]
+        for msg in dict.fromkeys(m.strip() for m in messages if m.strip()):
+            if warn:
+                warn(f"{name}: {msg}")
+            else:
+                _log.warning("%s: %s", name, msg)
 
 
 class _BlockBuilder:

@@ -127,7 +127,7 @@ class ChatActions:
             s = self.settings
             self.post_message(self.EngineProgressed(f"indexing: loading embedder {s.embedder}"))
             coll = Collection(s.collection_path(), get_embedder(s.embedder),
-                              ChunkingConfig(s.chunk_tokens, s.chunk_overlap))
+                              ChunkingConfig(s.chunk_tokens, s.chunk_overlap, max_file_mb=s.max_file_mb))
             report = coll.update([folder], progress=lambda stage, done, total: self.post_message(
                 self.EngineProgressed(f"indexing: {stage} {done}/{total}")))
             coll.close()
