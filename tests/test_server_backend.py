@@ -432,6 +432,14 @@ def test_ollama_names_match_their_latest_tag(fake):
     assert model.name == "llama3.2" and model.context_length == 4096  # nothing said: the default budget
 
 
+def test_url_without_v1_is_named(fake):
+    root = fake.url.removesuffix("/v1")
+    with pytest.raises(ModelError) as err:
+        ServerModel(root, "m").connect()  # the fake, like vLLM, has no /models at its root
+    msg = one_line(err.value)
+    assert f"{root}/models is not there (404)" in msg and "http://HOST:PORT/v1" in msg
+
+
 def test_connect_picks_the_only_model_and_asks_when_there_are_several(fake):
     assert ServerModel(fake.url, "").connect().name == "m"
     fake.models = fake.models + [{"id": "other", "object": "model", "owned_by": "test"}]

@@ -166,8 +166,13 @@ class ServerModel(ChatModel):
     def served_models(self) -> list[dict[str, Any]]:
         """The models the server lists at /v1/models: id, owner and context length where it says (vLLM's
         `max_model_len`; llama.cpp's training context `n_ctx_train`), else None."""
+        import openai
+
         try:
             page = self._client.models.list()
+        except openai.NotFoundError:  # every OpenAI-compatible server lists models: the path is wrong
+            raise ModelError(f"{self.url}/models is not there (404)",
+                             "is the URL right? OpenAI-compatible servers answer at http://HOST:PORT/v1") from None
         except Exception as exc:
             raise self._error(exc) from None
         out = []
