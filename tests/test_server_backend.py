@@ -372,6 +372,22 @@ def test_cancel_stops_within_one_chunk_and_closes_the_connection(fake):
     assert fake.disconnected.wait(3.0)  # the server saw the connection go: it stops generating
 
 
+def test_cancel_while_the_server_sends_nothing(fake):
+    """A server busy (a long prefill, a full batch) sends no chunk to notice the cancel at: ragdesk hangs up."""
+    def chat(h, body, n):
+        h.start_sse()
+        h.event(chunk("Port"))
+        h.server.stop.wait(5.0)
+        h.event(chunk(" 8740"))
+        h.end_sse()
+    fake.chat = chat
+    cancel = threading.Event()
+    t0 = time.perf_counter()
+    pieces, done = run(ServerModel(fake.url, "m"), cancel, lambda p: cancel.set())
+    assert time.perf_counter() - t0 < 1.0  # not the 5 s the server stalls
+    assert pieces == ["Port"] and done.finish_reason == "cancelled" and done.text == "Port" and done.error == ""
+
+
 # ---- errors before the answer -------------------------------------------------------------------------------
 def test_refused_connection(closed_port, monkeypatch):
     monkeypatch.setenv("RAGDESK_API_KEY", KEY)

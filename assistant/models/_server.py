@@ -3,14 +3,14 @@ through the `openai` client's streamed chat completions.
 
 What ragdesk adds around the client: one-line errors that name the URL and the fix (refused connection, 401,
 unknown model, timeout); retries only before the first token (the client's own, which end once a stream has
-started); cancel closes the stream at the next chunk and keeps the partial text; an error in the middle of a
-stream (a cut connection, an error event, a stalled server, a body that stops without a finish_reason) ends
-the answer as failed with its text kept. Token counts use the server's own tokenizer where it has one
-(`/tokenize` on vLLM and llama.cpp's server), else a labelled over-estimate; the context length comes from the
-server where it says (vLLM's `max_model_len`, llama.cpp's `/props`). Speculative decoding is the server's: its
-acceptance figures are read from what it reports (vLLM's `/metrics` counters around each request, llama.cpp's
-`timings`) and never made up. The API key is sent as a header and never printed or stored (nor repeated when a
-server echoes it in an error).
+started); cancel hangs up at once (also while the server is silent) and keeps the partial text; an error in
+the middle of a stream (a cut connection, an error event, a stalled server, a body that stops without a
+finish_reason) ends the answer as failed with its text kept. Token counts use the server's own tokenizer where
+it has one (`/tokenize` on vLLM and llama.cpp's server), else a labelled over-estimate; the context length
+comes from the server where it says (vLLM's `max_model_len`, llama.cpp's `/props`). Speculative decoding is
+the server's: its acceptance figures are read from what it reports (vLLM's `/metrics` counters around each
+request, llama.cpp's `timings`) and never made up. The API key is sent as a header and never printed or stored
+(nor repeated when a server echoes it in an error).
 Not here: the prompt (engine.py), retries after the first token (a half-streamed answer is not replayed).
 """
 
@@ -84,6 +84,21 @@ def _metric_sum(text: str, name: str, model: str) -> float | None:
         except ValueError:
             continue
     return total if seen else None
+
+
+def _hang_up_on_cancel(stream, cancel: threading.Event, ended: threading.Event, poll_s: float = 0.05) -> None:
+    """Shut the stream's socket once `cancel` is set: a blocked read returns at once (closing the response
+    from another thread would not wake it), and the server sees the client go and stops generating."""
+    import socket
+
+    while not ended.wait(poll_s):
+        if cancel.is_set():
+            try:
+                net = stream.response.extensions.get("network_stream")
+                net.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            except Exception:  # best effort: the loop still stops at the next chunk
+                pass
+            return
 
 
 class ServerModel(ChatModel):
@@ -304,6 +319,9 @@ class ServerModel(ChatModel):
             raise self._error(exc) from None
         text, finish, error = "", "", ""
         usage, timings = None, {}
+        ended = threading.Event()
+        if cancel is not None:  # a server busy on a long prompt sends nothing to check the cancel between
+            threading.Thread(target=_hang_up_on_cancel, args=(stream, cancel, ended), daemon=True).start()
         try:
             for chunk in stream:
                 if cancel is not None and cancel.is_set():
@@ -328,10 +346,14 @@ class ServerModel(ChatModel):
                         finish = "length" if choice.finish_reason == "length" else "stop"
                         # the usage and [DONE] chunks still follow: keep reading, for usage and timings
         except (openai.OpenAIError, httpx2.HTTPError, OSError) as exc:  # cut, timed out or failed mid-stream:
-            finish, error = "error", str(self._error(exc))  # the partial answer is kept, as failed
+            if cancel is not None and cancel.is_set():  # we hung up ourselves
+                finish = "cancelled"
+            else:
+                finish, error = "error", str(self._error(exc))  # the partial answer is kept, as failed
         except Exception as exc:  # e.g. a garbled chunk the client cannot parse
             finish, error = "error", self._scrub(f"{self.url}: the stream broke: {type(exc).__name__}: {exc}")
         finally:
+            ended.set()
             stream.close()
         if not finish and cancel is not None and cancel.is_set():  # (an answer that had finished stays finished)
             finish = "cancelled"
