@@ -48,8 +48,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _record(self, body):
-        self.server.requests.append({"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                     "body": body})
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.server.requests.append({"method": self.command, "path": self.path, "headers": headers, "body": body})
 
     def do_GET(self):  # noqa: N802 - http.server API
         self._record(None)
@@ -313,7 +313,8 @@ def test_rate_limited_then_answered(fake):
 
 
 def test_rate_limited_for_good(fake):
-    fake.chat = lambda h, body, n: h.send_json(429, {"error": {"message": "slow down"}}, [("retry-after-ms", "10")])
+    slow_down = {"error": {"message": "slow down"}}
+    fake.chat = lambda h, body, n: h.send_json(429, slow_down, [("retry-after-ms", "10")])
     with pytest.raises(ModelError) as err:
         run(ServerModel(fake.url, "m", retries=1))
     assert "429" in one_line(err.value) and fake.url in str(err.value) and len(fake.chats()) == 2
@@ -427,7 +428,8 @@ def test_unknown_model(fake):
     msg = one_line(err.value)
     assert fake.url in msg and "'llama-9000'" in msg and "it serves: m" in msg
     # a server that does not list models answers 404 to the request itself
-    fake.chat = lambda h, body, n: h.send_json(404, {"error": {"message": "The model `llama-9000` does not exist."}})
+    missing = {"error": {"message": "The model `llama-9000` does not exist."}}
+    fake.chat = lambda h, body, n: h.send_json(404, missing)
     with pytest.raises(ModelError) as err:
         run(ServerModel(fake.url, "llama-9000"))
     msg = one_line(err.value)
