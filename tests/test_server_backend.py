@@ -520,6 +520,21 @@ def test_ask_through_a_server(indexed, fake, monkeypatch):
     assert fake.chats()[0]["headers"]["authorization"] == f"Bearer {KEY}"
 
 
+def test_engine_keeps_the_partial_answer_of_a_cut_stream(indexed, fake):
+    from assistant.engine import Engine
+
+    def chat(h, body, n):
+        h.start_sse()
+        h.event(chunk("The server listens"))
+        h.cut()
+    fake.chat = chat
+    engine = Engine(load_settings({"model": f"{fake.url}#m"})).load()
+    answer = engine.ask("Which port?")
+    assert answer.status == "failed" and answer.finish_reason == "error"
+    assert answer.text == "The server listens" and fake.url in answer.error
+    assert answer.usage_exact is False and answer.usage.completion_tokens > 0
+
+
 def test_ask_with_a_refused_port_is_one_line(indexed, closed_port, capsys):
     url = f"http://127.0.0.1:{closed_port}/v1"
     with pytest.raises(SystemExit) as exit_:
