@@ -392,8 +392,10 @@ def _ask_batch(s, batch_in: Path, batch_out: Path, json_out: bool) -> None:
 @click.option("--settings", "show_settings", is_flag=True, help="List every setting with its value and meaning.")
 @click.option("--fetch", "fetch", multiple=True, metavar="NAME",
               help="Fetch and convert a preset (or .gguf) now instead of on first use; repeatable.")
+@click.option("--url", default=None, metavar="URL",
+              help="List what an OpenAI-compatible server serves (http://HOST:PORT/v1): ids, context lengths.")
 @click.pass_context
-def models(ctx, json_out, show_settings, fetch):
+def models(ctx, json_out, show_settings, fetch, url):
     """What is installed and cached, which device is used, and what a model needs in memory.
 
     \b
@@ -401,10 +403,13 @@ def models(ctx, json_out, show_settings, fetch):
       ragdesk models
       ragdesk models --settings
       ragdesk models --fetch qwen2.5-1.5b --fetch qwen2.5-0.5b
+      ragdesk models --url http://localhost:8000/v1
     """
     from .model_info import describe_models
 
     s = settings_from(ctx)
+    if url:
+        return _served_models(url, s, json_out)
     for name in fetch:
         from .models import resolve_model_folder
 
@@ -437,6 +442,25 @@ def models(ctx, json_out, show_settings, fetch):
         click.echo("adapters:")
         for a in info["adapters"]:
             click.echo(f"  {a}")
+
+
+def _served_models(url: str, s, json_out: bool) -> None:
+    from .models import ServerModel, parse_server_spec
+
+    parsed = parse_server_spec(url) if url.startswith(("http://", "https://")) else None
+    if parsed is None:
+        raise RagdeskError(f"--url {url!r} is not a server URL", "write it as http://HOST:PORT/v1")
+    server = ServerModel(parsed[0], api_key=s.api_key, request_timeout=s.request_timeout,
+                         connect_timeout=s.connect_timeout)
+    try:
+        rows = [{"id": m["id"], "context_length": m["context_length"]} for m in server.served_models()]
+    finally:
+        server.close()
+    if json_out:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['id']:<40} {r['context_length'] or '-'}")
 
 
 def main(argv: list[str] | None = None) -> None:
