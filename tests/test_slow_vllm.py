@@ -55,7 +55,7 @@ def vllm_env(served, monkeypatch, real_models_dir):
     repo = Path(__file__).resolve().parents[1]
     coll = Collection(s.collection_path(), get_embedder("minilm"))
     coll.update([repo / "corpus" / "docs" / d for d in ("install", "configuration", "billing", "getting-started",
-                                                       "security")])
+                                                       "accounts")])
     return served
 
 
