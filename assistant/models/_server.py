@@ -308,13 +308,13 @@ class ServerModel(ChatModel):
         import httpx2
         import openai
 
-        extra: dict[str, Any] = {}
-        if config.repetition_penalty != 1.0:  # vLLM and llama.cpp accept it; others ignore unknown fields
-            extra["repetition_penalty"] = config.repetition_penalty
+        # no repetition penalty: ragdesk's own penalises only the answer so far, while vLLM's and llama.cpp's
+        # count the prompt too, which punishes quoting the passages (measured: 2 of 6 answers cited against
+        # 5 of 6 locally with the same weights); greedy decoding with the server's defaults otherwise
         try:
             stream = self._client.chat.completions.create(
                 model=self.name, messages=messages, max_tokens=config.max_new_tokens, temperature=0.0,
-                stream=True, stream_options={"include_usage": True}, extra_body=extra or None)
+                stream=True, stream_options={"include_usage": True})
         except Exception as exc:  # nothing was streamed yet: a one-line error for the user
             raise self._error(exc) from None
         text, finish, error = "", "", ""
