@@ -43,7 +43,7 @@ def _error(name: str, message: str, hint: str | None) -> Exception:
     return errors.ModelError(f"{name}: {message}" if name else message)
 
 
-def _child_main(conn, log_path: str) -> None:
+def _child_main(conn, log_path: str, setup: Callable[[], None] | None) -> None:
     """The child: load an Engine on "load", answer on "ask"; a reader thread routes "cancel" immediately."""
     # the child shares the app's terminal: anything a library prints would tear the screen, so its output
     # (warnings, a traceback if it dies) goes to a log file instead
@@ -56,6 +56,9 @@ def _child_main(conn, log_path: str) -> None:
     from retrieval.errors import RagdeskError
 
     from .engine import Engine
+
+    if setup is not None:
+        setup()
 
     commands: queue.Queue = queue.Queue()
     current = [threading.Event()]  # the cancel Event of the answer in progress
@@ -125,8 +128,11 @@ def _real_stderr():
 class EngineProcess:
     """Answers with an Engine that lives in a child process (see the module docstring)."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, setup: Callable[[], None] | None = None):
+        """`setup`, a picklable (module-level) function, runs in each new child before anything loads: tests
+        use it to register a model there."""
         self.settings = settings
+        self.setup = setup
         self.model_name = settings.model
         self.device = "-"
         self._ctx = multiprocessing.get_context("spawn")  # fork would copy the app's threads and locks
@@ -152,7 +158,7 @@ class EngineProcess:
         parent, child = self._ctx.Pipe(duplex=True)
         log_path = os.path.join(str(self.settings.home), "engine-process.log")
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        proc = self._ctx.Process(target=_child_main, args=(child, log_path), name="ragdesk-engine", daemon=True)
+        proc = self._ctx.Process(target=_child_main, args=(child, log_path, self.setup), name="ragdesk-engine", daemon=True)
         proc.start()
         child.close()  # the parent keeps one end, so the child's exit shows here as EOF
         self._proc, self._conn = proc, parent
