@@ -225,14 +225,32 @@ class EngineProcess:
             self.load()
         with self._busy:
             self._send(("ask", question, list(history)))
+            finished = False
+            try:
+                while True:
+                    msg = self._receive(cancel)
+                    if msg[0] == "event":
+                        finished = isinstance(msg[1], Answer)
+                        yield msg[1]
+                        if finished:
+                            return
+                    elif msg[0] == "error":
+                        finished = True
+                        raise _error(*msg[1:])
+            finally:
+                if not finished and self.alive:  # the caller stopped early: end the answer, drop the rest
+                    self._drain()
+
+    def _drain(self) -> None:
+        stop = threading.Event()
+        stop.set()
+        try:
             while True:
-                msg = self._receive(cancel)
-                if msg[0] == "event":
-                    yield msg[1]
-                    if isinstance(msg[1], Answer):
-                        return
-                elif msg[0] == "error":
-                    raise _error(*msg[1:])
+                msg = self._receive(stop)
+                if msg[0] == "error" or (msg[0] == "event" and isinstance(msg[1], Answer)):
+                    return
+        except errors.ModelError:
+            pass
 
     def close(self) -> None:
         """Stop the child: ask, then wait a little, then kill (it holds no state worth saving)."""

@@ -69,7 +69,8 @@ async def test_answers_cancel_crash_and_restart_in_the_child_process(indexed, mo
         assert not child.alive
 
         # 4. the next question starts a new child and is answered
-        await ask(pilot, "Which port?")
+        await ask(pilot, "Which port?", wait=False)
+        await wait_for(pilot, lambda: app.generating is None, timeout=90, what="the answer from a new child")
         box = app.chat.answers()[-1]
         assert box.status == "complete" and box.text == SLOW_REPLY
         assert child.alive and child.pid != pid
