@@ -377,3 +377,26 @@ def test_first_frame_imports_no_torch(tmp_path):
                          cwd=Path(__file__).resolve().parents[1], timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "heavy []" in out.stdout
+
+
+@run_async
+async def test_tokens_reach_the_markdown_once_a_frame_not_once_a_token(indexed, monkeypatch):
+    reply = " ".join(f"w{i}" for i in range(200))  # under max_new_tokens
+    app, _ = make_app(indexed, delay_s=0.002, reply=reply)  # ~500 tokens/s, far more than the frame rate
+    appends = []
+    original = AnswerBox.append
+
+    async def counting(self, fragment):
+        appends.append(fragment)
+        await original(self, fragment)
+
+    monkeypatch.setattr(AnswerBox, "append", counting)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        t0 = time.monotonic()
+        await ask(pilot, "Tell me everything")
+        elapsed = time.monotonic() - t0
+        box = app.chat.answers()[-1]
+        assert box.status == "complete" and box.text == reply
+    assert reply.startswith("".join(appends).strip()) and len(appends) > 1
+    assert len(appends) <= elapsed * 30 * 1.5 + 2 and len(appends) < 200 / 3

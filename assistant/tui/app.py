@@ -2,8 +2,10 @@
 the passages behind the selected answer on the right, model and speed figures in the status line.
 
 The first frame is drawn before anything heavy is imported: the engine (torch, transformers, faiss) is built
-and loaded in a worker thread after the first refresh, and each answer is generated in another worker that
-posts messages back, so the screen keeps redrawing and taking keys. Every question and every (partial) answer
+and loaded after the first refresh in a child process (_engine_process.py) that stays warm for the session, so
+decoding never competes with the event loop for this interpreter's lock; a worker thread relays each answer's
+events as messages, and tokens reach the screen at most FRAME_S apart, so the screen keeps redrawing and taking
+keys. Tests that pass `engine_factory` (a fake model) keep the engine in a worker thread of the app. Every question and every (partial) answer
 goes to history as it happens, so closing or killing the app loses nothing.
 
 Not here: retrieval and generation (engine.py), storage (history.py), the widgets (_widgets.py).
@@ -31,10 +33,12 @@ from ._widgets import AnswerBox, ChatView, ConversationList, SourcesPanel, Statu
 __all__ = ["CORPUS_DIR", "RagdeskApp"]
 
 SAVE_EVERY_S = 0.25  # how often a streaming answer is written to history
+FRAME_S = 1 / 30  # tokens arriving within one frame are rendered together
 
 
 class RagdeskApp(ChatActions, App):
-    """The chat app. `engine_factory(settings)` builds an (unloaded) Engine; tests pass one with a fake model."""
+    """The chat app. `engine_factory(settings)` builds an (unloaded) Engine that runs in a thread of the app
+    (tests pass one with a fake model); without one the engine runs in a child process."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     TITLE = "ragdesk"
@@ -86,6 +90,7 @@ class RagdeskApp(ChatActions, App):
         self.settings = settings
         self.engine_factory = engine_factory
         self.engine = None
+        self._engine_process = None  # the child process, kept across collection switches and restarts
         self.engine_ready = threading.Event()  # set when loading ended, well or not
         self.engine_error = ""
         self._load_token = 0
@@ -97,6 +102,8 @@ class RagdeskApp(ChatActions, App):
         self._gen_done.set()
         self._live: dict[int, str] = {}  # msg id -> text so far, for the answer being written
         self._live_sources: dict[int, list] = {}
+        self._unshown: dict[int, str] = {}  # msg id -> text that arrived since the last frame
+        self._flush_timer = None
         self.selected_msg: int | None = None
         self.timings: dict[str, float] = {"start": time.perf_counter()}  # first_frame, ready (for measurements)
 
@@ -154,12 +161,12 @@ class RagdeskApp(ChatActions, App):
         self._load_token += 1
         self.engine_ready.clear()
         self.engine_error = ""
-        previous, self.engine = self.engine, None
+        self.engine = None
         self.status.set(state="loading…", collection=self.settings.collection)
-        self._load_engine(self._load_token, previous)
+        self._load_engine(self._load_token)
 
     @work(thread=True, group="engine", exit_on_error=False)
-    def _load_engine(self, token: int, previous: Any) -> None:
+    def _load_engine(self, token: int) -> None:
         stage = ["collection"]
 
         def progress(msg: str) -> None:
@@ -170,13 +177,13 @@ class RagdeskApp(ChatActions, App):
         try:
             if self.engine_factory is not None:
                 engine = self.engine_factory(self.settings)
-            else:
-                from assistant.engine import Engine
+                engine.load(progress=progress)
+            else:  # the child keeps its model when only the collection changes
+                from assistant._engine_process import EngineProcess
 
-                model = getattr(previous, "model", None)  # keep the loaded model when only the collection changes
-                engine = Engine(self.settings, model=model if model is not None
-                                and getattr(model, "name", "") == self.settings.model else None)
-            engine.load(progress=progress)
+                if self._engine_process is None:
+                    self._engine_process = EngineProcess(self.settings)
+                engine = self._engine_process.load(progress=progress, settings=self.settings)
         except Exception as exc:
             from retrieval.errors import IndexMissingError, InputError, ModelError, RagdeskError
 
@@ -320,21 +327,34 @@ class RagdeskApp(ChatActions, App):
         if self.selected_msg == event.msg_id:
             self.sources.show_sources(event.passages)
 
-    async def on_chat_view_tokens_arrived(self, event: ChatView.TokensArrived) -> None:
+    def on_chat_view_tokens_arrived(self, event: ChatView.TokensArrived) -> None:
         if not self._ui_alive():
             return
         if event.msg_id in self._live:
             self._live[event.msg_id] += event.text
-        box = self.chat.answer(event.msg_id)
-        if box is not None:
-            at_end = self.chat.at_end
-            await box.append(event.text)
-            self.chat.follow(at_end)
+        # rendered once a frame: appending to the Markdown (and scrolling) at every token would make the
+        # event loop's work grow with the decoding speed
+        self._unshown[event.msg_id] = self._unshown.get(event.msg_id, "") + event.text
+        if self._flush_timer is None:
+            self._flush_timer = self.set_timer(FRAME_S, self._show_tokens)
+
+    async def _show_tokens(self) -> None:
+        self._flush_timer = None
+        unshown, self._unshown = self._unshown, {}
+        if not self._ui_alive():
+            return
+        for msg_id, text in unshown.items():
+            box = self.chat.answer(msg_id)
+            if box is not None:
+                at_end = self.chat.at_end
+                await box.append(text)
+                self.chat.follow(at_end)
 
     async def on_chat_view_answer_finished(self, event: ChatView.AnswerFinished) -> None:
         if not self._ui_alive():
             return
         a = event.answer
+        self._unshown.pop(event.msg_id, None)  # finish() shows the whole text
         try:
             usage, timings, cost = (dataclasses.asdict(a.usage), dataclasses.asdict(a.timings),
                                     dataclasses.asdict(a.cost))
@@ -440,13 +460,15 @@ class RagdeskApp(ChatActions, App):
 
     # ---- closing ----------------------------------------------------------------------------------------
     def on_unmount(self) -> None:
-        """Stop an answer in progress and make sure its partial text is stored, marked cancelled."""
+        """Stop an answer in progress and make sure its partial text is stored, marked cancelled; stop the
+        engine's child process."""
         msg_id = self.generating
-        if msg_id is None:
-            return
-        if self._cancel is not None:
-            self._cancel.set()
-        self._gen_done.wait(timeout=3)
-        if self.history is not None and self.history.message(msg_id).status == "pending":
-            self.history.update_message(msg_id, content=self._live.get(msg_id, ""), status="cancelled",
-                                        error="closed")
+        if msg_id is not None:
+            if self._cancel is not None:
+                self._cancel.set()
+            self._gen_done.wait(timeout=3)
+            if self.history is not None and self.history.message(msg_id).status == "pending":
+                self.history.update_message(msg_id, content=self._live.get(msg_id, ""), status="cancelled",
+                                            error="closed")
+        if self._engine_process is not None:
+            self._engine_process.close()
