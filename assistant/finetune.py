@@ -4,8 +4,12 @@ adapter folder it leaves behind (adapter, resolved config, library versions, met
 The loop is our own (torch AdamW, optional gradient accumulation, linear warmup then linear decay) rather than
 the HF Trainer, so every step is visible: loss on the reply tokens only, a validation split scored as training
 goes, tickets marked `"split": "test"` never trained on, and checkpoints (adapter + optimizer + step + RNG)
-that `resume` continues from exactly. The base model is loaded in float32 and frozen; only the LoRA matrices
-get gradients. `TransformersModel` applies the saved adapter at answer time (`--adapter DIR`).
+that `resume` continues from exactly. The base model is frozen; only the LoRA matrices get gradients, and they
+stay float32. Where the hardware runs bfloat16 well (`dtype="auto"`: a CPU with avx512_bf16/amx, a CUDA GPU
+with bf16) the base is loaded in bfloat16 and the forward runs under bf16 autocast; decoder layers are
+gradient-checkpointed and the vocabulary projection is computed in chunks of reply positions and recomputed
+in the backward, so neither the layer activations nor a (reply tokens x vocabulary) float32 logits matrix is
+kept for the whole micro-batch. `TransformersModel` applies the saved adapter at answer time (`--adapter DIR`).
 
 Not here: reading/rendering tickets (_tickets.py), the progress bar and printing (finetune_cli.py).
 """
@@ -55,12 +59,16 @@ class FinetuneConfig:
     seed: int = 0
     system_prompt: str = SUPPORT_PROMPT
     device: str = "auto"
+    dtype: str = "auto"  # base weights and autocast: auto (bfloat16 where the hardware has it), float32, bfloat16
+    checkpoint_every: int = 1  # gradient-checkpoint every Nth decoder layer; 1 = all, 0 = off (faster, more memory)
+    logits_chunk: int = 256  # reply positions per vocabulary-projection chunk; 0 = all at once, kept for backward
 
     def __post_init__(self) -> None:
         for name in ("epochs", "rank", "alpha", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"finetune {name}={getattr(self, name)!r} must be at least 1")
-        for name in ("max_steps", "eval_every", "save_every", "seed", "weight_decay"):
+        for name in ("max_steps", "eval_every", "save_every", "seed", "weight_decay", "checkpoint_every",
+                     "logits_chunk"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"finetune {name}={getattr(self, name)!r} must not be negative")
         if not 0 < self.lr < 1:
@@ -74,6 +82,8 @@ class FinetuneConfig:
             raise ConfigError("finetune target_modules='' names no modules", "use all-linear or q_proj,v_proj")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"finetune device={self.device!r} is not valid", "use auto, cpu, cuda or mps")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"finetune dtype={self.dtype!r} is not valid", "use auto, float32 or bfloat16")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -118,22 +128,33 @@ def split_tickets(tickets: list[Ticket], val_fraction: float, seed: int) -> tupl
 
 
 def estimate_memory(model_config, total_params: int, trainable_params: int, batch: int, length: int,
-                    width: int = 4, reply_share: float = 1.0) -> dict[str, int]:
+                    width: int = 4, reply_share: float = 1.0, checkpoint_every: int = 0,
+                    logits_chunk: int = 0) -> dict[str, int]:
     """Bytes for weights, gradients, AdamW states (two moments) and activations of one micro-batch.
 
-    Activations per layer follow the usual transformer count (inputs of every projection, norms, the MLP's
-    gated intermediate, attention probabilities) plus the logits and their softmax gradient, which dominate for
-    small models with big vocabularies; logits are only computed on reply tokens (`reply_share` of the
-    positions). A planning figure, compared with the measured peak after training."""
+    `width` is the bytes per value of the frozen weights and the activations (4 float32, 2 bfloat16); the
+    LoRA matrices, their gradients and AdamW's moments are float32 either way. Activations per layer follow
+    the usual transformer count (inputs of every projection, norms, the MLP's gated intermediate, attention
+    probabilities); a checkpointed layer keeps only its input, plus one layer's full set while it is
+    recomputed. The logits and their float32 softmax gradient dominate for small models with big vocabularies:
+    they are only computed on reply tokens (`reply_share` of the positions), and with `logits_chunk` only one
+    chunk of them exists at a time. A planning figure for the tensors, compared with the measured peak after
+    training (which also holds the Python runtime and libraries, a few hundred MB)."""
     h = model_config.hidden_size
     inter = getattr(model_config, "intermediate_size", 4 * h)
     heads = model_config.num_attention_heads
     layers = model_config.num_hidden_layers
     vocab = model_config.vocab_size
     tokens = batch * length
-    per_layer = tokens * (12 * h + 5 * inter) + 2 * batch * heads * length * length
-    activations = int((layers * per_layer + 3 * tokens * reply_share * vocab) * width)
-    out = {"weights_bytes": total_params * width, "gradients_bytes": trainable_params * width,
+    per_layer = (tokens * (12 * h + 5 * inter) + 2 * batch * heads * length * length) * width
+    checkpointed = math.ceil(layers / checkpoint_every) if checkpoint_every else 0
+    layer_bytes = (layers - checkpointed) * per_layer + checkpointed * tokens * h * width
+    if checkpointed:
+        layer_bytes += per_layer  # the layer being recomputed in the backward
+    reply_tokens = tokens * reply_share
+    logit_rows = min(reply_tokens, logits_chunk) if logits_chunk else reply_tokens
+    activations = int(layer_bytes + logit_rows * vocab * (width + 2 * 4))  # logits, float32 copy and gradient
+    out = {"weights_bytes": total_params * width, "gradients_bytes": trainable_params * 4,
            "optimizer_bytes": 2 * trainable_params * 4, "activations_bytes": activations}
     out["total_bytes"] = sum(out.values())
     return out
@@ -166,6 +187,21 @@ def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, labels, mask
 
 
+def training_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """(device, dtype) to train in: "auto" is bfloat16 where ragdesk would also serve in it (a CPU with
+    avx512_bf16/amx, a CUDA GPU with bf16) and float32 elsewhere (float16 would need loss scaling; not done)."""
+    from .models import pick_device
+
+    device, resolved = pick_device(device, dtype)
+    return device, resolved if resolved == "bfloat16" else "float32"
+
+
+def _head_loss(head, hidden, targets):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")  # (chunk, vocab) logits, then a sum
+
+
 class FinetuneRun:
     """One LoRA run over a model folder: `load()`, then `train(on_event)`, `save(out)`, `merge(out)`."""
 
@@ -177,6 +213,7 @@ class FinetuneRun:
         self.history: list[dict] = []
         self.done = {"train_seconds": 0.0, "tokens": 0}  # carried across resumes in the checkpoints
         self.model = self.tokenizer = self.optimizer = None
+        self.device, self.dtype = "", ""  # resolved by load()
 
     # ---- setup ------------------------------------------------------------------------------------------
     def load(self, threads: int = 0) -> "FinetuneRun":
@@ -184,16 +221,19 @@ class FinetuneRun:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .models import pick_device
-
         if threads:
             torch.set_num_threads(threads)
-        self.device, _ = pick_device(self.config.device, "float32")
+        self.device, self.dtype = training_dtype(self.config.device, self.config.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_folder))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         torch.manual_seed(self.config.seed)
-        base = AutoModelForCausalLM.from_pretrained(str(self.model_folder), dtype=torch.float32)
+        # loaded straight in the training dtype: no float32 copy of a bf16 checkpoint is ever made
+        base = AutoModelForCausalLM.from_pretrained(str(self.model_folder), dtype=getattr(torch, self.dtype))
+        if self.config.checkpoint_every:
+            # non-reentrant: works with frozen inputs (no enable_input_require_grads) and replays dropout masks
+            base.activation_checkpointing_enable({"use_reentrant": False},
+                                                 every_n_layers=self.config.checkpoint_every)
         targets = self.config.target_modules.strip()
         lora = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
                           target_modules=targets if targets == "all-linear" else [m.strip() for m in targets.split(",")],
@@ -203,6 +243,9 @@ class FinetuneRun:
         except ValueError as exc:
             raise ConfigError(f"finetune target_modules={targets!r}: {exc}", "use all-linear") from None
         self.model.base_model.model.config.use_cache = False
+        for p in self.model.parameters():
+            if p.requires_grad:  # LoRA matrices and their AdamW moments in float32 even over a bf16 base
+                p.data = p.data.float()
         self.rows = {name: self._render(ts) for name, ts in
                      (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))}
         if not self.rows["train"]:
@@ -239,7 +282,9 @@ class FinetuneRun:
         longest = max(len(ids) for ids, _ in rows)
         share = sum(sum(lab != -100 for lab in labels) for _, labels in rows) / sum(len(ids) for ids, _ in rows)
         return estimate_memory(self.model.base_model.model.config, total, trainable, self.config.batch_size,
-                               min(longest, self.config.max_length), reply_share=share)
+                               min(longest, self.config.max_length), width=2 if self.dtype == "bfloat16" else 4,
+                               reply_share=share, checkpoint_every=self.config.checkpoint_every,
+                               logits_chunk=self.config.logits_chunk)
 
     # ---- training ---------------------------------------------------------------------------------------
     def _lr_at(self, step: int) -> float:
@@ -262,18 +307,34 @@ class FinetuneRun:
 
     def _loss_sum(self, rows) -> tuple:
         """(sum of token losses, labelled tokens, tokens) over a micro-batch."""
-        import torch.nn.functional as F
+        import torch
 
         ids, labels, mask = (t.to(self.device) for t in _collate(rows, self.tokenizer.pad_token_id))
         causal_lm = self.model.base_model.model
-        # the vocabulary projection only where a reply token is predicted: for a 49k vocabulary it is a large
-        # share of the compute and most of the activation memory, and prompt positions need none of it
-        hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (batch, seq, hidden)
-        targets = labels[:, 1:]  # (batch, seq - 1)
-        keep = targets != -100
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])  # (reply tokens, vocab)
-        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
+            hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (batch, seq, hidden)
+            targets = labels[:, 1:]  # (batch, seq - 1)
+            keep = targets != -100
+            loss = self._reply_loss(causal_lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
         return loss, int(keep.sum()), int(mask.sum())
+
+    def _reply_loss(self, head, hidden, targets):
+        """Summed cross-entropy of the reply positions (`hidden`: (reply tokens, hidden)). The vocabulary
+        projection only where a reply token is predicted: for a 49k vocabulary it is a large share of the
+        compute and most of the activation memory, and prompt positions need none of it. In chunks under
+        checkpoint, so the backward recomputes one chunk's logits at a time instead of keeping them all."""
+        import torch
+        from torch.utils.checkpoint import checkpoint
+
+        chunk = self.config.logits_chunk or max(1, len(targets))
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for i in range(0, len(targets), chunk):
+            h, t = hidden[i: i + chunk], targets[i: i + chunk]
+            if self.config.logits_chunk and torch.is_grad_enabled():
+                total = total + checkpoint(_head_loss, head, h, t, use_reentrant=False)
+            else:
+                total = total + _head_loss(head, h, t)
+        return total
 
     def evaluate(self, split: str = "val") -> float:
         """Mean loss per reply token over a split (dropout off, no gradients); nan for an empty split."""

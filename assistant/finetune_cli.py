@@ -37,10 +37,19 @@ def _mb(n: int) -> str:
 @click.option("--merge", is_flag=True, help="Also write OUT/merged, a standalone model with the adapter folded in.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing adapter folder instead of refusing.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+              help="Base weights and autocast (default auto: bfloat16 on a CPU with avx512_bf16/amx or a bf16 GPU, "
+                   "else float32); the LoRA matrices are float32 either way.")
+@click.option("--checkpoint-every", type=int, default=None,
+              help="Gradient-checkpoint every Nth decoder layer (default 1 = all; 0 = off: faster, far more memory).")
+@click.option("--logits-chunk", type=int, default=None,
+              help="Reply positions per chunk of the vocabulary projection, recomputed in the backward "
+                   "(default 256; 0 = all at once).")
 @click.option("--json", "json_out", is_flag=True, help="Print the metrics as JSON.")
 @click.pass_context
 def finetune_command(ctx, tickets, out, epochs, max_steps, lr, rank, val_fraction, batch_size, grad_accum,
-                     max_length, model, resume, merge, overwrite, device, json_out):
+                     max_length, model, resume, merge, overwrite, device, dtype, checkpoint_every, logits_chunk,
+                     json_out):
     """Train LoRA adapters on support TICKETS (JSONL or CSV) and save them as an adapter folder.
 
     Tickets are {"question", "answer"}, {"subject", "body", "answer"} or {"messages": [...]} rows; rows with
@@ -69,7 +78,8 @@ def finetune_command(ctx, tickets, out, epochs, max_steps, lr, rank, val_fractio
     out = Path(out) if out else s.home_path / "adapters" / name
     given = {k: v for k, v in dict(epochs=epochs, max_steps=max_steps, lr=lr, rank=rank, val_fraction=val_fraction,
                                   batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-                                  model=model).items() if v is not None}
+                                  model=model, dtype=dtype, checkpoint_every=checkpoint_every,
+                                  logits_chunk=logits_chunk).items() if v is not None}
     if rank is not None:
         given["alpha"] = 2 * rank
     base: dict = {"model": s.model, "device": s.device}
@@ -99,7 +109,7 @@ def finetune_command(ctx, tickets, out, epochs, max_steps, lr, rank, val_fractio
            f"(held out); {run.total_steps} steps of {config.batch_size}x{config.grad_accum} on {run.device}")
     stderr(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%), LoRA rank "
            f"{config.rank} on {config.target_modules}")
-    stderr(f"memory estimate (float32, batch {config.batch_size}, {min(config.max_length, max(len(r[0]) for r in sizes['train']))}"
+    stderr(f"memory estimate ({run.dtype}, batch {config.batch_size}, {min(config.max_length, max(len(r[0]) for r in sizes['train']))}"
            f" tokens): weights {_mb(est['weights_bytes'])} + gradients {_mb(est['gradients_bytes'])} + optimizer "
            f"{_mb(est['optimizer_bytes'])} + activations {_mb(est['activations_bytes'])} = {_mb(est['total_bytes'])}")
 

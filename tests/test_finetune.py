@@ -4,6 +4,7 @@ exact resume, adapter save/load round trip (also through `--adapter` at answer t
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -37,7 +38,8 @@ def ticket_file(tmp_path):
 def make_run(tiny_model, tmp_path, **overrides):
     tickets, _ = read_tickets(write_jsonl(tmp_path / "t.jsonl", TICKETS * 2))
     cfg = FinetuneConfig(model=str(tiny_model), **({"batch_size": 2, "max_steps": 4, "lr": 1e-2, "seed": 1,
-                                                     "val_fraction": 0.2, "device": "cpu"} | overrides))
+                                                     "val_fraction": 0.2, "device": "cpu", "dtype": "float32"}
+                                                    | overrides))
     return FinetuneRun(cfg, tiny_model, tickets).load()
 
 
@@ -83,6 +85,12 @@ def test_config_errors_name_field_and_value():
         FinetuneConfig(val_fraction=1.5)
     with pytest.raises(ConfigError, match=r"lr=-1"):
         FinetuneConfig(lr=-1)
+    with pytest.raises(ConfigError, match=r"dtype='float16'"):
+        FinetuneConfig(dtype="float16")
+    with pytest.raises(ConfigError, match=r"checkpoint_every=-1"):
+        FinetuneConfig(checkpoint_every=-1)
+    with pytest.raises(ConfigError, match=r"logits_chunk=-8"):
+        FinetuneConfig(logits_chunk=-8)
 
 
 def test_test_split_is_never_in_train_or_validation(ticket_file):
@@ -137,6 +145,61 @@ def test_a_step_changes_only_adapter_weights(tiny_model, tmp_path):
     assert all("lora_" in n for n in lora)
     # the base (frozen) weights are bit-identical
     assert all((p.detach() == before[n]).all() for n, p in run.model.named_parameters() if n not in lora)
+
+
+def test_bf16_checkpointed_run_keeps_base_frozen_and_lora_in_float32(tiny_model, tmp_path):
+    import torch
+
+    run = make_run(tiny_model, tmp_path, max_steps=8, dtype="bfloat16", checkpoint_every=1, logits_chunk=7,
+                   val_fraction=0.0, lr=3e-2, warmup_fraction=0.0)
+    assert run.dtype == "bfloat16"
+    lora = {n for n, p in run.model.named_parameters() if p.requires_grad}
+    dtypes = {n: p.dtype for n, p in run.model.named_parameters()}
+    assert lora and all(dtypes[n] == torch.float32 for n in lora)  # trained (and AdamW'd) in float32
+    assert {dtypes[n] for n in dtypes if n not in lora} == {torch.bfloat16}  # no float32 copy of the base
+    assert all(layer.gradient_checkpointing for layer in run.model.base_model.model.model.layers)
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+    losses = []
+    run.train(lambda e: losses.append(e.loss) if e.kind == "step" else None)
+    assert all(math.isfinite(x) for x in losses) and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert all((p.detach() == before[n]).all() for n, p in run.model.named_parameters() if n not in lora)
+    assert all(not (p.detach() == before[n]).all() for n, p in run.model.named_parameters() if "lora_B" in n)
+
+
+def test_checkpointing_and_chunked_logits_leave_loss_and_gradients_unchanged(tiny_model, tmp_path):
+    import torch
+
+    def grads(**options):
+        run = make_run(tiny_model, tmp_path, dropout=0.0, **options)
+        run.model.train()
+        loss, count, _ = run._loss_sum([run.rows["train"][i] for i in (0, 1, 2)])
+        (loss / count).backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in run.model.named_parameters() if p.requires_grad}
+
+    plain_loss, plain = grads(checkpoint_every=0, logits_chunk=0)
+    lean_loss, lean = grads(checkpoint_every=1, logits_chunk=5)
+    assert abs(plain_loss - lean_loss) < 1e-4 * abs(plain_loss)
+    assert plain.keys() == lean.keys() and any(g.abs().sum() > 0 for g in plain.values())
+    for n, g in plain.items():
+        assert torch.allclose(g, lean[n], rtol=1e-4, atol=1e-7), n
+
+
+def test_memory_estimate_counts_dtype_checkpointing_and_logit_chunks():
+    from types import SimpleNamespace
+
+    from assistant.finetune import estimate_memory
+
+    cfg = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_hidden_layers=30,
+                          vocab_size=49152)
+    full = estimate_memory(cfg, 137_000_000, 2_400_000, 4, 440, reply_share=0.66)
+    lean = estimate_memory(cfg, 137_000_000, 2_400_000, 4, 440, width=2, reply_share=0.66, checkpoint_every=1,
+                           logits_chunk=256)
+    assert full["weights_bytes"] == 4 * 137_000_000 and lean["weights_bytes"] == 2 * 137_000_000
+    assert lean["gradients_bytes"] == full["gradients_bytes"] == 4 * 2_400_000  # LoRA stays float32
+    per_layer = 2 * (1760 * (12 * 576 + 5 * 1536) + 2 * 4 * 9 * 440 * 440)
+    logits = 256 * 49152 * (2 + 8)
+    assert lean["activations_bytes"] == 30 * 1760 * 576 * 2 + per_layer + logits
+    assert full["activations_bytes"] > 10 * lean["activations_bytes"]
 
 
 def test_training_lowers_the_training_loss(tiny_model, tmp_path):
