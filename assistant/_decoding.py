@@ -5,14 +5,16 @@ One loop serves every method. Each step feeds the model the last accepted token 
 prefix of candidates that matches it plus the model's own next token, and crops the KV cache back to what was
 accepted. So each step costs one forward pass and yields between 1 and len(candidates)+1 tokens, and the output
 is by construction the greedy output of the model (tested token for token against `off` and against
-transformers' own `generate`). Logit processing (repetition penalty over the answer so far) is applied per
-position with exactly the prefix greedy decoding would have seen.
+transformers' own `generate`). Logit processing (repetition penalty over the answer so far) is applied to
+the whole (positions, vocab) block at once, each position with exactly the prefix greedy decoding would have
+seen, and the greedy choice is one argmax over the block (`benchmarks/profile_decode.py` splits a step).
 
 Not here: sampling (speculative sampling needs rejection sampling; ragdesk answers greedily), batching.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -173,11 +175,17 @@ class CrossTokenizerDraftCandidates(CandidateGenerator):
         return full[len(answer):][: self.config.draft_tokens]
 
 
-def _cache_kw(model) -> str:
-    """transformers 5.24 renamed the forward argument `past_key_values` to `cache`; accept both."""
+@functools.lru_cache(maxsize=None)
+def _cache_kw_for(forward) -> str:
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def _cache_kw(model) -> str:
+    """transformers 5.24 renamed the forward argument `past_key_values` to `cache`; accept both (looked up
+    once per forward function: inspect.signature costs more than the rest of a step's bookkeeping)."""
+    return _cache_kw_for(getattr(model.forward, "__func__", model.forward))
 
 
 def _crop_to(cache, length: int) -> None:
@@ -187,19 +195,28 @@ def _crop_to(cache, length: int) -> None:
         cache.crop(-extra)
 
 
-def _penalize(logits, generated: list[int], penalty: float):
-    """Repetition penalty (as in CTRL / transformers) over the tokens of the answer so far only: the prompt
-    is not penalised, so quoting a passage stays cheap."""
+def _pick_tokens(logits, seen, cand_t, penalty: float):
+    """The greedy token at every fed position, in one pass over the (positions, vocab) block.
+
+    logits: (P, vocab) float32, modified in place. seen: (vocab,) bool, the tokens of the answer so far.
+    cand_t: (P-1,) the candidates fed after the last token. Position i sees the answer so far plus cand[:i]
+    (what greedy decoding would have generated if the candidates before it are accepted; if one is not, the
+    positions after it are discarded anyway), so the repetition penalty (as in CTRL / transformers, over the
+    answer only: the prompt is not penalised, so quoting a passage stays cheap) applies to `seen` at every
+    row and to cand[k] from row k+1 on. Same float operations as penalising one row at a time, so the
+    result is bit-identical to it. Returns the (P,) token tensor."""
     import torch
 
-    if penalty == 1.0 or not generated:
-        return logits
-    idx = torch.tensor(sorted(set(generated)), device=logits.device)
-    vals = logits.index_select(-1, idx)
-    vals = torch.where(vals < 0, vals * penalty, vals / penalty)
-    logits = logits.clone()
-    logits.index_copy_(-1, idx, vals)
-    return logits
+    if penalty != 1.0:
+        n = logits.shape[0]
+        mask = seen.expand(n, -1)  # (P, vocab)
+        if n > 1:
+            rows, cols = torch.tril_indices(n, n, -1, device=logits.device)  # pairs (i, k) with k < i
+            mask = mask.clone()
+            mask[rows, cand_t[cols]] = True
+        penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+        logits = torch.where(mask, penalised, logits)
+    return logits.argmax(-1)
 
 
 def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
@@ -218,35 +235,41 @@ def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
     cache = DynamicCache(config=model.config)
     stop = set(config.stop_ids)
     kw = _cache_kw(model)
+    penalty = config.repetition_penalty
     with torch.inference_mode():
         # prefill everything but the last prompt token; the loop always feeds "last token + candidates"
         if prompt_len > 1:
             model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1, **{kw: cache})
+        seen = None  # (vocab,) bool: tokens of the answer so far, for the repetition penalty
         while True:
             if cancel is not None and cancel.is_set():
                 stats.stopped = "cancelled"
                 return
             room = config.max_new_tokens - (len(ids) - prompt_len)
             cand = candidates.get_candidates(ids, prompt_len)[: max(0, room - 1)] if candidates else []
-            feed = [ids[-1]] + cand
-            out = model(input_ids=torch.tensor([feed], device=device), use_cache=True, **{kw: cache})
-            logits = out.logits[0].float()  # (len(feed), vocab)
+            feed = torch.tensor([[ids[-1], *cand]], device=device)  # (1, P)
+            out = model(input_ids=feed, use_cache=True, **{kw: cache})
+            logits = out.logits[0].float()  # (P, vocab)
+            if seen is None:
+                seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            chosen_t = _pick_tokens(logits, seen, feed[0, 1:], penalty)  # (P,)
+            chosen = chosen_t.tolist()
             stats.steps += 1
-            accepted: list[int] = []
-            for i in range(len(feed)):
-                generated = ids[prompt_len:] + accepted
-                tok = int(_penalize(logits[i], generated, config.repetition_penalty).argmax())
-                accepted.append(tok)
-                if i >= len(cand) or tok != cand[i] or tok in stop:
-                    break
-            n_matched = sum(1 for a, c in zip(accepted, cand) if a == c) if cand else 0
+            # keep the candidates the model agrees with, then its own next token (stop at a stop token)
+            n_matched = 0
+            while n_matched < len(cand) and chosen[n_matched] == cand[n_matched] and chosen[n_matched] not in stop:
+                n_matched += 1
+            accepted = chosen[:n_matched + 1]
             stats.draft_tokens += len(cand)
             stats.accepted_tokens += n_matched
             if candidates is not None:
                 candidates.update_candidate_strategy(len(cand), n_matched)
+            if penalty != 1.0:
+                seen[chosen_t[:n_matched + 1]] = True
             # the cache now holds ids + feed; keep ids + accepted[:-1] (the last accepted is fed next step)
             ids.extend(accepted)
-            _crop_to(cache, len(ids) - 1)
+            if cand:
+                _crop_to(cache, len(ids) - 1)
             hit_stop = next((j for j, t in enumerate(accepted) if t in stop), None)
             if hit_stop is not None:
                 emit = accepted[:hit_stop]

@@ -110,3 +110,54 @@ def test_draft_with_a_different_tokenizer_is_lossless(tiny, tmp_path):
     cand = CrossTokenizerDraftCandidates(other, other_tok, tok, draft_prompt, SpeculativeConfig("draft", draft_tokens=4))
     got, stats = run(model, ids, cfg, cand)
     assert got == off and stats.steps <= len(off)
+
+
+def reference_greedy(model, ids, n, penalty):
+    """Greedy decoding the slow, obvious way: the whole sequence every step, no cache, the penalty over the
+    answer so far applied to the last row only."""
+    out = []
+    with torch.inference_mode():
+        for _ in range(n):
+            row = model(input_ids=torch.tensor([ids + out])).logits[0, -1].float()
+            if out and penalty != 1.0:
+                idx = torch.tensor(sorted(set(out)))
+                vals = row[idx]
+                row[idx] = torch.where(vals < 0, vals * penalty, vals / penalty)
+            out.append(int(row.argmax()))
+    return out
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_off_and_prompt_lookup_match_the_uncached_reference(tiny, penalty):
+    model, tok = tiny
+    ids = prompt_ids(tok, 2)
+    ref = reference_greedy(model, ids, 40, penalty)
+    cfg = DecodingConfig(max_new_tokens=40, repetition_penalty=penalty)
+    assert run(model, ids, cfg)[0] == ref
+    pl, stats = run(model, ids, cfg, PromptLookupCandidates(SpeculativeConfig(lookup_tokens=6)))
+    assert pl == ref and stats.draft_tokens > 0
+
+
+def test_pick_tokens_penalises_each_position_with_its_own_prefix():
+    from assistant._decoding import _pick_tokens
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 0.3
+    # the top raw logit of row 0 is a token of the answer so far, that of rows 1..3 the candidate fed at
+    # row 0 (so seen from row 1 on); halved, each loses to the runner-up 30
+    logits[0, 3] = 3.0
+    logits[1:, 11] = 3.0
+    logits[:, 30] = 2.9
+    seen = torch.zeros(50, dtype=torch.bool)
+    seen[[3, 7]] = True
+    cand = torch.tensor([11, 11, 20])
+    expected = []
+    for i in range(4):  # one row at a time, as the penalty was applied before
+        row = logits[i].clone()
+        idx = torch.tensor(sorted({3, 7, *cand[:i].tolist()}))
+        vals = row[idx]
+        row[idx] = torch.where(vals < 0, vals * 2.0, vals / 2.0)
+        expected.append(int(row.argmax()))
+    assert expected == [30, 30, 30, 30]
+    assert _pick_tokens(logits.clone(), seen, cand, 2.0).tolist() == expected
+    assert _pick_tokens(logits.clone(), seen, cand, 1.0).tolist() == [3, 11, 11, 11]
