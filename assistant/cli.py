@@ -195,7 +195,8 @@ def _answer_options(fn):
         click.option("--draft-model", default=None, help="Draft model for --speculative draft."),
         click.option("--max-new-tokens", type=int, default=None, help="Longest answer in tokens (default 256)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default=None),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8", "int8-wo",
+                                                  "int4-wo"]), default=None),
     ]
     for opt in reversed(options):
         fn = opt(fn)
