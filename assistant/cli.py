@@ -264,7 +264,7 @@ def models(ctx, json_out, show_settings, fetch):
       ragdesk models --settings
       ragdesk models --fetch qwen2.5-1.5b --fetch qwen2.5-0.5b
     """
-    from .model_info import describe_models
+    from .model_info import describe_models, dtype_lines
 
     s = settings_from(ctx)
     for name in fetch:
@@ -294,6 +294,8 @@ def models(ctx, json_out, show_settings, fetch):
         mem = f", needs ~{m['memory_mb']} MB at {m['context']} tokens" if m.get("memory_mb") else ""
         default = " (default)" if m["name"] == s.model else ""
         click.echo(f"  {m['name']:<14}{default:<10} {state:<12} {m['description']}{tp}{mem}")
+        for line in dtype_lines(m):
+            click.echo(line)
     click.echo(f"embedder: {info['embedder']}")
     if info["adapters"]:
         click.echo("adapters:")
