@@ -79,24 +79,73 @@ class CandidateGenerator(ABC):
 
 class PromptLookupCandidates(CandidateGenerator):
     """Match the last n tokens (n = max_ngram..min_ngram) earlier in the sequence and propose what followed
-    there. RAG answers quote their passages, so the prompt is a good draft for free."""
+    there. RAG answers quote their passages, so the prompt is a good draft for free.
 
-    def __init__(self, config: SpeculativeConfig, adaptive: bool = True):
+    Adaptive (the default), it proposes only while that pays. A verification pass over P positions costs
+    more than a 1-token step once the CPU is compute-bound (a loaded machine, or wide passes): the step time
+    is measured per width, giving the extra cost of one more position relative to a 1-token step, and
+    proposing pays while the share of proposed tokens accepted exceeds it. When it does not, proposals are
+    still looked up but not fed ("shadow" proposals, scored against the tokens that follow), so acceptance
+    keeps being measured at no cost, and a 1-token step is timed now and then to follow a changing load."""
+
+    PROBE_EVERY = 24  # steps between 1-token timing probes
+    SMOOTHING = 0.25  # weight of the newest sample in the running averages
+
+    def __init__(self, config: SpeculativeConfig, adaptive: bool = True, clock=None):
+        import time
+
         self.config = config
         self.adaptive = adaptive
         # how many tokens to propose next: grows while proposals are accepted whole, shrinks when they miss,
         # so a model that is not quoting pays for short verification passes only
         self.length = config.lookup_tokens
+        self.clock = clock or time.perf_counter
+        self.step_cost: dict[int, float] = {}  # width fed (1 + proposed) -> running mean seconds per step
+        self.acceptance: float | None = None  # running mean of accepted / proposed (fed or shadow)
+        self.shadow: tuple[int, list[int]] | None = None  # (position, proposal) looked up but not fed
+        self._started: float | None = None
+        self._steps = 0
+
+    def _mean(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.SMOOTHING * (new - old)
+
+    def extra_cost(self) -> float:
+        """Measured extra time of one more fed position, as a share of a 1-token step (0 until measured)."""
+        one = self.step_cost.get(1)
+        wide = [(w, c) for w, c in self.step_cost.items() if w > 1]
+        if not one or not wide:
+            return 0.0
+        return max(0.0, sum((c / one - 1) / (w - 1) for w, c in wide) / len(wide))
+
+    def pays(self) -> bool:
+        if not self.adaptive or self.acceptance is None:
+            return True
+        return self.acceptance > self.extra_cost()
 
     def update_candidate_strategy(self, proposed: int, accepted: int) -> None:
+        if self._started is not None:
+            width = 1 + proposed
+            self.step_cost[width] = self._mean(self.step_cost.get(width), self.clock() - self._started)
+            self._started = None
         if not self.adaptive or not proposed:
             return
+        self.acceptance = self._mean(self.acceptance, accepted / proposed)
         if accepted == proposed:
             self.length = min(self.config.lookup_tokens, self.length + 2)
         else:
             self.length = max(1, accepted + 1, self.length - 2)
 
-    def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
+    def _score_shadow(self, ids: list[int]) -> None:
+        pos, proposal = self.shadow
+        came = ids[pos:pos + len(proposal)]
+        matched = 0
+        while matched < len(came) and came[matched] == proposal[matched]:
+            matched += 1
+        if matched < len(came) or len(came) == len(proposal):  # a miss, or all of it seen
+            self.acceptance = self._mean(self.acceptance, matched / len(proposal))
+            self.shadow = None
+
+    def lookup(self, ids: list[int]) -> list[int]:
         n_ids = len(ids)
         for n in range(min(self.config.max_ngram, n_ids - 1), self.config.min_ngram - 1, -1):
             tail = ids[n_ids - n:]
@@ -107,6 +156,20 @@ class PromptLookupCandidates(CandidateGenerator):
                     if follow:
                         return list(follow)
         return []
+
+    def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
+        proposal = self.lookup(ids)
+        if self.adaptive:
+            self._steps += 1
+            if self.shadow is not None:
+                self._score_shadow(ids)
+            probe = self._steps % self.PROBE_EVERY == 2  # time a 1-token step early on, then now and then
+            if proposal and (probe or not self.pays()):
+                if self.shadow is None:
+                    self.shadow = (len(ids), proposal)
+                proposal = []
+        self._started = self.clock()
+        return proposal
 
 
 class DraftModelCandidates(CandidateGenerator):

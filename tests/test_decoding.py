@@ -161,3 +161,52 @@ def test_pick_tokens_penalises_each_position_with_its_own_prefix():
     assert expected == [30, 30, 30, 30]
     assert _pick_tokens(logits.clone(), seen, cand, 2.0).tolist() == expected
     assert _pick_tokens(logits.clone(), seen, cand, 1.0).tolist() == [3, 11, 11, 11]
+
+
+def _policy_run(cand, ids, cost, accepted, steps):
+    """Drive a PromptLookupCandidates by hand with a fake clock: each step costs cost(width) seconds and
+    `accepted` of the proposed tokens are accepted; returns how many tokens each step proposed."""
+    proposed = []
+    for _ in range(steps):
+        got = cand.get_candidates(ids, 0)
+        cand.clock.now += cost(1 + len(got))
+        cand.update_candidate_strategy(len(got), min(accepted, len(got)))
+        proposed.append(len(got))
+    return proposed
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_prompt_lookup_keeps_proposing_while_a_wide_pass_is_cheap():
+    cand = PromptLookupCandidates(SpeculativeConfig(lookup_tokens=4, max_ngram=2), clock=FakeClock())
+    ids = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2]
+    proposed = _policy_run(cand, ids, lambda w: 0.010 + 0.0005 * (w - 1), 1, 20)
+    assert proposed[1] == 0  # the 1-token timing probe
+    assert all(n > 0 for i, n in enumerate(proposed) if i != 1)
+    assert 0.04 < cand.extra_cost() < 0.06 and cand.pays()
+
+
+def test_prompt_lookup_stops_when_a_wide_pass_costs_more_than_it_gains_and_resumes_when_it_pays():
+    cand = PromptLookupCandidates(SpeculativeConfig(lookup_tokens=4, max_ngram=2), clock=FakeClock())
+    ids = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2]
+    # a loaded, compute-bound CPU: each extra position costs 80% of a 1-token step; 1 of 4 accepted
+    proposed = _policy_run(cand, ids, lambda w: 0.010 * (1 + 0.8 * (w - 1)), 1, 20)
+    assert proposed[0] == 4 and proposed[1] == 0 and sum(proposed[2:]) == 0
+    assert cand.shadow == (len(ids), [3, 4]) and not cand.pays()  # the miss shortened proposals to 2
+    # the model then produces exactly what the (unfed) proposals said: acceptance climbs, proposing resumes
+    future = iter([3, 4, 5, 6, 7, 8, 1, 2] * 4)
+    for _ in range(30):
+        if cand.get_candidates(ids, 0):
+            break
+        ids.append(next(future))  # one token per 1-token step
+        cand.clock.now += 0.010
+        cand.update_candidate_strategy(0, 0)
+    else:
+        raise AssertionError("never resumed proposing")
+    assert cand.acceptance > cand.extra_cost()
