@@ -91,11 +91,12 @@ class PromptLookupCandidates(CandidateGenerator):
     PROBE_EVERY = 24  # steps between 1-token timing probes
     SMOOTHING = 0.25  # weight of the newest sample in the running averages
 
-    def __init__(self, config: SpeculativeConfig, adaptive: bool = True, clock=None):
+    def __init__(self, config: SpeculativeConfig, adaptive: bool = True, clock=None, cost_aware: bool = True):
         import time
 
         self.config = config
         self.adaptive = adaptive
+        self.cost_aware = cost_aware  # False: propose whenever a match is found (the policy before issue 11)
         # how many tokens to propose next: grows while proposals are accepted whole, shrinks when they miss,
         # so a model that is not quoting pays for short verification passes only
         self.length = config.lookup_tokens
@@ -159,7 +160,7 @@ class PromptLookupCandidates(CandidateGenerator):
 
     def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
         proposal = self.lookup(ids)
-        if self.adaptive:
+        if self.adaptive and self.cost_aware:
             self._steps += 1
             if self.shadow is not None:
                 self._score_shadow(ids)
