@@ -5,14 +5,16 @@ One loop serves every method. Each step feeds the model the last accepted token 
 prefix of candidates that matches it plus the model's own next token, and crops the KV cache back to what was
 accepted. So each step costs one forward pass and yields between 1 and len(candidates)+1 tokens, and the output
 is by construction the greedy output of the model (tested token for token against `off` and against
-transformers' own `generate`). Logit processing (repetition penalty over the answer so far) is applied per
-position with exactly the prefix greedy decoding would have seen.
+transformers' own `generate`). Logit processing (repetition penalty over the answer so far) is applied to
+the whole (positions, vocab) block at once, each position with exactly the prefix greedy decoding would have
+seen, and the greedy choice is one argmax over the block (`benchmarks/profile_decode.py` splits a step).
 
 Not here: sampling (speculative sampling needs rejection sampling; ragdesk answers greedily), batching.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -77,24 +79,74 @@ class CandidateGenerator(ABC):
 
 class PromptLookupCandidates(CandidateGenerator):
     """Match the last n tokens (n = max_ngram..min_ngram) earlier in the sequence and propose what followed
-    there. RAG answers quote their passages, so the prompt is a good draft for free."""
+    there. RAG answers quote their passages, so the prompt is a good draft for free.
 
-    def __init__(self, config: SpeculativeConfig, adaptive: bool = True):
+    Adaptive (the default), it proposes only while that pays. A verification pass over P positions costs
+    more than a 1-token step once the CPU is compute-bound (a loaded machine, or wide passes): the step time
+    is measured per width, giving the extra cost of one more position relative to a 1-token step, and
+    proposing pays while the share of proposed tokens accepted exceeds it. When it does not, proposals are
+    still looked up but not fed ("shadow" proposals, scored against the tokens that follow), so acceptance
+    keeps being measured at no cost, and a 1-token step is timed now and then to follow a changing load."""
+
+    PROBE_EVERY = 24  # steps between 1-token timing probes
+    SMOOTHING = 0.25  # weight of the newest sample in the running averages
+
+    def __init__(self, config: SpeculativeConfig, adaptive: bool = True, clock=None, cost_aware: bool = True):
+        import time
+
         self.config = config
         self.adaptive = adaptive
+        self.cost_aware = cost_aware  # False: propose whenever a match is found (the policy before issue 11)
         # how many tokens to propose next: grows while proposals are accepted whole, shrinks when they miss,
         # so a model that is not quoting pays for short verification passes only
         self.length = config.lookup_tokens
+        self.clock = clock or time.perf_counter
+        self.step_cost: dict[int, float] = {}  # width fed (1 + proposed) -> running mean seconds per step
+        self.acceptance: float | None = None  # running mean of accepted / proposed (fed or shadow)
+        self.shadow: tuple[int, list[int]] | None = None  # (position, proposal) looked up but not fed
+        self._started: float | None = None
+        self._steps = 0
+
+    def _mean(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.SMOOTHING * (new - old)
+
+    def extra_cost(self) -> float:
+        """Measured extra time of one more fed position, as a share of a 1-token step (0 until measured)."""
+        one = self.step_cost.get(1)
+        wide = [(w, c) for w, c in self.step_cost.items() if w > 1]
+        if not one or not wide:
+            return 0.0
+        return max(0.0, sum((c / one - 1) / (w - 1) for w, c in wide) / len(wide))
+
+    def pays(self) -> bool:
+        if not self.adaptive or self.acceptance is None:
+            return True
+        return self.acceptance > self.extra_cost()
 
     def update_candidate_strategy(self, proposed: int, accepted: int) -> None:
+        if self._started is not None:
+            width = 1 + proposed
+            self.step_cost[width] = self._mean(self.step_cost.get(width), self.clock() - self._started)
+            self._started = None
         if not self.adaptive or not proposed:
             return
+        self.acceptance = self._mean(self.acceptance, accepted / proposed)
         if accepted == proposed:
             self.length = min(self.config.lookup_tokens, self.length + 2)
         else:
             self.length = max(1, accepted + 1, self.length - 2)
 
-    def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
+    def _score_shadow(self, ids: list[int]) -> None:
+        pos, proposal = self.shadow
+        came = ids[pos:pos + len(proposal)]
+        matched = 0
+        while matched < len(came) and came[matched] == proposal[matched]:
+            matched += 1
+        if matched < len(came) or len(came) == len(proposal):  # a miss, or all of it seen
+            self.acceptance = self._mean(self.acceptance, matched / len(proposal))
+            self.shadow = None
+
+    def lookup(self, ids: list[int]) -> list[int]:
         n_ids = len(ids)
         for n in range(min(self.config.max_ngram, n_ids - 1), self.config.min_ngram - 1, -1):
             tail = ids[n_ids - n:]
@@ -105,6 +157,20 @@ class PromptLookupCandidates(CandidateGenerator):
                     if follow:
                         return list(follow)
         return []
+
+    def get_candidates(self, ids: list[int], prompt_len: int) -> list[int]:
+        proposal = self.lookup(ids)
+        if self.adaptive and self.cost_aware:
+            self._steps += 1
+            if self.shadow is not None:
+                self._score_shadow(ids)
+            probe = self._steps % self.PROBE_EVERY == 2  # time a 1-token step early on, then now and then
+            if proposal and (probe or not self.pays()):
+                if self.shadow is None:
+                    self.shadow = (len(ids), proposal)
+                proposal = []
+        self._started = self.clock()
+        return proposal
 
 
 class DraftModelCandidates(CandidateGenerator):
@@ -173,11 +239,17 @@ class CrossTokenizerDraftCandidates(CandidateGenerator):
         return full[len(answer):][: self.config.draft_tokens]
 
 
-def _cache_kw(model) -> str:
-    """transformers 5.24 renamed the forward argument `past_key_values` to `cache`; accept both."""
+@functools.lru_cache(maxsize=None)
+def _cache_kw_for(forward) -> str:
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def _cache_kw(model) -> str:
+    """transformers 5.24 renamed the forward argument `past_key_values` to `cache`; accept both (looked up
+    once per forward function: inspect.signature costs more than the rest of a step's bookkeeping)."""
+    return _cache_kw_for(getattr(model.forward, "__func__", model.forward))
 
 
 def _crop_to(cache, length: int) -> None:
@@ -187,19 +259,28 @@ def _crop_to(cache, length: int) -> None:
         cache.crop(-extra)
 
 
-def _penalize(logits, generated: list[int], penalty: float):
-    """Repetition penalty (as in CTRL / transformers) over the tokens of the answer so far only: the prompt
-    is not penalised, so quoting a passage stays cheap."""
+def _pick_tokens(logits, seen, cand_t, penalty: float):
+    """The greedy token at every fed position, in one pass over the (positions, vocab) block.
+
+    logits: (P, vocab) float32, modified in place. seen: (vocab,) bool, the tokens of the answer so far.
+    cand_t: (P-1,) the candidates fed after the last token. Position i sees the answer so far plus cand[:i]
+    (what greedy decoding would have generated if the candidates before it are accepted; if one is not, the
+    positions after it are discarded anyway), so the repetition penalty (as in CTRL / transformers, over the
+    answer only: the prompt is not penalised, so quoting a passage stays cheap) applies to `seen` at every
+    row and to cand[k] from row k+1 on. Same float operations as penalising one row at a time, so the
+    result is bit-identical to it. Returns the (P,) token tensor."""
     import torch
 
-    if penalty == 1.0 or not generated:
-        return logits
-    idx = torch.tensor(sorted(set(generated)), device=logits.device)
-    vals = logits.index_select(-1, idx)
-    vals = torch.where(vals < 0, vals * penalty, vals / penalty)
-    logits = logits.clone()
-    logits.index_copy_(-1, idx, vals)
-    return logits
+    if penalty != 1.0:
+        n = logits.shape[0]
+        mask = seen.expand(n, -1)  # (P, vocab)
+        if n > 1:
+            rows, cols = torch.tril_indices(n, n, -1, device=logits.device)  # pairs (i, k) with k < i
+            mask = mask.clone()
+            mask[rows, cand_t[cols]] = True
+        penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+        logits = torch.where(mask, penalised, logits)
+    return logits.argmax(-1)
 
 
 def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
@@ -218,35 +299,41 @@ def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
     cache = DynamicCache(config=model.config)
     stop = set(config.stop_ids)
     kw = _cache_kw(model)
+    penalty = config.repetition_penalty
     with torch.inference_mode():
         # prefill everything but the last prompt token; the loop always feeds "last token + candidates"
         if prompt_len > 1:
             model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1, **{kw: cache})
+        seen = None  # (vocab,) bool: tokens of the answer so far, for the repetition penalty
         while True:
             if cancel is not None and cancel.is_set():
                 stats.stopped = "cancelled"
                 return
             room = config.max_new_tokens - (len(ids) - prompt_len)
             cand = candidates.get_candidates(ids, prompt_len)[: max(0, room - 1)] if candidates else []
-            feed = [ids[-1]] + cand
-            out = model(input_ids=torch.tensor([feed], device=device), use_cache=True, **{kw: cache})
-            logits = out.logits[0].float()  # (len(feed), vocab)
+            feed = torch.tensor([[ids[-1], *cand]], device=device)  # (1, P)
+            out = model(input_ids=feed, use_cache=True, **{kw: cache})
+            logits = out.logits[0].float()  # (P, vocab)
+            if seen is None:
+                seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            chosen_t = _pick_tokens(logits, seen, feed[0, 1:], penalty)  # (P,)
+            chosen = chosen_t.tolist()
             stats.steps += 1
-            accepted: list[int] = []
-            for i in range(len(feed)):
-                generated = ids[prompt_len:] + accepted
-                tok = int(_penalize(logits[i], generated, config.repetition_penalty).argmax())
-                accepted.append(tok)
-                if i >= len(cand) or tok != cand[i] or tok in stop:
-                    break
-            n_matched = sum(1 for a, c in zip(accepted, cand) if a == c) if cand else 0
+            # keep the candidates the model agrees with, then its own next token (stop at a stop token)
+            n_matched = 0
+            while n_matched < len(cand) and chosen[n_matched] == cand[n_matched] and chosen[n_matched] not in stop:
+                n_matched += 1
+            accepted = chosen[:n_matched + 1]
             stats.draft_tokens += len(cand)
             stats.accepted_tokens += n_matched
             if candidates is not None:
                 candidates.update_candidate_strategy(len(cand), n_matched)
+            if penalty != 1.0:
+                seen[chosen_t[:n_matched + 1]] = True
             # the cache now holds ids + feed; keep ids + accepted[:-1] (the last accepted is fed next step)
             ids.extend(accepted)
-            _crop_to(cache, len(ids) - 1)
+            if cand:
+                _crop_to(cache, len(ids) - 1)
             hit_stop = next((j for j, t in enumerate(accepted) if t in stop), None)
             if hit_stop is not None:
                 emit = accepted[:hit_stop]

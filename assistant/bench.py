@@ -19,6 +19,7 @@ import click
 from retrieval.errors import InputError
 
 from .cli import collection_option
+from .settings import DTYPES
 
 __all__ = ["BUNDLED_QUESTIONS", "bench_command", "run_bench"]
 
@@ -102,7 +103,7 @@ def run_bench(engine, questions: list[str], methods: list[str], progress=None) -
 @click.option("--draft-model", default=None, help="Draft model; adds the draft method.")
 @click.option("--adapter", default=None, help="LoRA adapter folder.")
 @click.option("--max-new-tokens", type=int, default=None, help="Answer length cap (default 256).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default=None)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None)
 @collection_option
 @click.option("--json", "json_out", is_flag=True, help="Print the results as JSON.")

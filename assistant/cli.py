@@ -228,7 +228,8 @@ def _answer_options(fn):
         click.option("--context-window", type=click.IntRange(min=0), default=None, metavar="N",
                      help="Prompt + answer token budget (default 0: the model's, at most 4096)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default=None),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8", "int8-wo",
+                                                  "int4-wo"]), default=None),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -405,7 +406,7 @@ def models(ctx, json_out, show_settings, fetch, url):
       ragdesk models --fetch qwen2.5-1.5b --fetch qwen2.5-0.5b
       ragdesk models --url http://localhost:8000/v1
     """
-    from .model_info import describe_models
+    from .model_info import describe_models, dtype_lines
 
     s = settings_from(ctx)
     if url:
@@ -437,6 +438,8 @@ def models(ctx, json_out, show_settings, fetch, url):
         mem = f", needs ~{m['memory_mb']} MB at {m['context']} tokens" if m.get("memory_mb") else ""
         default = " (default)" if m["name"] == s.model else ""
         click.echo(f"  {m['name']:<14}{default:<10} {state:<12} {m['description']}{tp}{mem}")
+        for line in dtype_lines(m):
+            click.echo(line)
     click.echo(f"embedder: {info['embedder']}")
     if info["adapters"]:
         click.echo("adapters:")

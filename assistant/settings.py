@@ -21,7 +21,7 @@ __all__ = ["Settings", "load_settings"]
 
 SPECULATIVE = ("off", "prompt-lookup", "draft")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int8-wo", "int4-wo")
 _KINDS = {"int": int, "float": (int, float), "str": (str, os.PathLike)}
 _HINTS = {"int": "use a whole number, e.g. 4", "float": "use a finite number, e.g. 0.5",
           "str": 'quote it in ragdesk.toml, e.g. model = "smollm2-135m"'}
@@ -65,7 +65,7 @@ class Settings:
     repetition_penalty: float = field(default=1.1, metadata={"doc": "penalty on tokens already generated (1 = off)"})
     context_window: int = field(default=0, metadata={"doc": "prompt + answer token budget (0 = min(model, 4096))"})
     device: str = field(default="auto", metadata={"doc": "auto, cpu, cuda or mps"})
-    dtype: str = field(default="auto", metadata={"doc": "auto, float32, bfloat16, float16 or int8 (CPU dynamic)"})
+    dtype: str = field(default="auto", metadata={"doc": "auto, float32, bfloat16, float16, int8 (CPU, dynamic), int8-wo or int4-wo (CPU, weight-only)"})
     threads: int = field(default=0, metadata={"doc": "CPU threads for torch (0 = torch's default)"})
     price_input_per_1k: float = field(default=0.00015, metadata={"doc": "$ per 1K prompt tokens (price table)"})
     price_output_per_1k: float = field(default=0.0006, metadata={"doc": "$ per 1K completion tokens"})

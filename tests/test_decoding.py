@@ -110,3 +110,103 @@ def test_draft_with_a_different_tokenizer_is_lossless(tiny, tmp_path):
     cand = CrossTokenizerDraftCandidates(other, other_tok, tok, draft_prompt, SpeculativeConfig("draft", draft_tokens=4))
     got, stats = run(model, ids, cfg, cand)
     assert got == off and stats.steps <= len(off)
+
+
+def reference_greedy(model, ids, n, penalty):
+    """Greedy decoding the slow, obvious way: the whole sequence every step, no cache, the penalty over the
+    answer so far applied to the last row only."""
+    out = []
+    with torch.inference_mode():
+        for _ in range(n):
+            row = model(input_ids=torch.tensor([ids + out])).logits[0, -1].float()
+            if out and penalty != 1.0:
+                idx = torch.tensor(sorted(set(out)))
+                vals = row[idx]
+                row[idx] = torch.where(vals < 0, vals * penalty, vals / penalty)
+            out.append(int(row.argmax()))
+    return out
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_off_and_prompt_lookup_match_the_uncached_reference(tiny, penalty):
+    model, tok = tiny
+    ids = prompt_ids(tok, 2)
+    ref = reference_greedy(model, ids, 40, penalty)
+    cfg = DecodingConfig(max_new_tokens=40, repetition_penalty=penalty)
+    assert run(model, ids, cfg)[0] == ref
+    pl, stats = run(model, ids, cfg, PromptLookupCandidates(SpeculativeConfig(lookup_tokens=6)))
+    assert pl == ref and stats.draft_tokens > 0
+
+
+def test_pick_tokens_penalises_each_position_with_its_own_prefix():
+    from assistant._decoding import _pick_tokens
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 0.3
+    # the top raw logit of row 0 is a token of the answer so far, that of rows 1..3 the candidate fed at
+    # row 0 (so seen from row 1 on); halved, each loses to the runner-up 30
+    logits[0, 3] = 3.0
+    logits[1:, 11] = 3.0
+    logits[:, 30] = 2.9
+    seen = torch.zeros(50, dtype=torch.bool)
+    seen[[3, 7]] = True
+    cand = torch.tensor([11, 11, 20])
+    expected = []
+    for i in range(4):  # one row at a time, as the penalty was applied before
+        row = logits[i].clone()
+        idx = torch.tensor(sorted({3, 7, *cand[:i].tolist()}))
+        vals = row[idx]
+        row[idx] = torch.where(vals < 0, vals * 2.0, vals / 2.0)
+        expected.append(int(row.argmax()))
+    assert expected == [30, 30, 30, 30]
+    assert _pick_tokens(logits.clone(), seen, cand, 2.0).tolist() == expected
+    assert _pick_tokens(logits.clone(), seen, cand, 1.0).tolist() == [3, 11, 11, 11]
+
+
+def _policy_run(cand, ids, cost, accepted, steps):
+    """Drive a PromptLookupCandidates by hand with a fake clock: each step costs cost(width) seconds and
+    `accepted` of the proposed tokens are accepted; returns how many tokens each step proposed."""
+    proposed = []
+    for _ in range(steps):
+        got = cand.get_candidates(ids, 0)
+        cand.clock.now += cost(1 + len(got))
+        cand.update_candidate_strategy(len(got), min(accepted, len(got)))
+        proposed.append(len(got))
+    return proposed
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_prompt_lookup_keeps_proposing_while_a_wide_pass_is_cheap():
+    cand = PromptLookupCandidates(SpeculativeConfig(lookup_tokens=4, max_ngram=2), clock=FakeClock())
+    ids = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2]
+    proposed = _policy_run(cand, ids, lambda w: 0.010 + 0.0005 * (w - 1), 1, 20)
+    assert proposed[1] == 0  # the 1-token timing probe
+    assert all(n > 0 for i, n in enumerate(proposed) if i != 1)
+    assert 0.04 < cand.extra_cost() < 0.06 and cand.pays()
+
+
+def test_prompt_lookup_stops_when_a_wide_pass_costs_more_than_it_gains_and_resumes_when_it_pays():
+    cand = PromptLookupCandidates(SpeculativeConfig(lookup_tokens=4, max_ngram=2), clock=FakeClock())
+    ids = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2]
+    # a loaded, compute-bound CPU: each extra position costs 80% of a 1-token step; 1 of 4 accepted
+    proposed = _policy_run(cand, ids, lambda w: 0.010 * (1 + 0.8 * (w - 1)), 1, 20)
+    assert proposed[0] == 4 and proposed[1] == 0 and sum(proposed[2:]) == 0
+    assert cand.shadow == (len(ids), [3, 4]) and not cand.pays()  # the miss shortened proposals to 2
+    # the model then produces exactly what the (unfed) proposals said: acceptance climbs, proposing resumes
+    future = iter([3, 4, 5, 6, 7, 8, 1, 2] * 4)
+    for _ in range(30):
+        if cand.get_candidates(ids, 0):
+            break
+        ids.append(next(future))  # one token per 1-token step
+        cand.clock.now += 0.010
+        cand.update_candidate_strategy(0, 0)
+    else:
+        raise AssertionError("never resumed proposing")
+    assert cand.acceptance > cand.extra_cost()

@@ -43,7 +43,12 @@ def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
             dtype = "float16"
         else:
             dtype = "bfloat16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "float32"
-    if dtype == "int8" and device != "cpu":
-        raise ModelError(f"dtype int8 (dynamic quantization) runs on the CPU only, not on {device}",
+    if dtype in ("int8", "int8-wo", "int4-wo") and device != "cpu":
+        kind = "dynamic" if dtype == "int8" else "weight-only"
+        raise ModelError(f"dtype {dtype} ({kind} quantization) runs on the CPU only, not on {device}",
                          "use --device cpu, or --dtype auto")
+    kernel = {"int8-wo": "_weight_int8pack_mm", "int4-wo": "_weight_int4pack_mm_for_cpu"}.get(dtype)
+    if kernel and not hasattr(torch, kernel):
+        raise ModelError(f"dtype {dtype} needs torch.{kernel}, which torch {torch.__version__} lacks",
+                         "upgrade torch (2.6 or later), or use --dtype int8 or auto")
     return device, dtype

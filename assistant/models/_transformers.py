@@ -68,13 +68,17 @@ class TransformersModel(ChatModel):
         self.device, self.dtype = pick_device(device, dtype)
         self.name = name
         self.folder = folder
-        torch_dtype = torch.float32 if self.dtype == "int8" else getattr(torch, self.dtype)
+        torch_dtype = _activation_dtype(self.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
         if adapter:
             model = _apply_adapter(model, adapter)
         if self.dtype == "int8":
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif self.dtype in ("int8-wo", "int4-wo"):
+            from ._quantize import WEIGHT_ONLY_DTYPES, quantize_weight_only
+
+            model = quantize_weight_only(model, WEIGHT_ONLY_DTYPES[self.dtype], torch_dtype)
         self.model = model.to(self.device).eval()
         self.adapter = adapter
         self.draft: TransformersModel | None = None
@@ -152,14 +156,33 @@ class TransformersModel(ChatModel):
                          token_ids=list(stats.tokens))
 
     def memory_estimate(self, context: int) -> dict[str, int]:
+        """Parameters, the bytes the loaded weights really take (packed quantized buffers included, tied
+        tensors once) and the KV cache at `context` tokens in the activation dtype."""
         cfg = self.model.config
-        params = sum(p.numel() for p in self.model.parameters())
-        width = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}.get(self.dtype, 4)
+        tensors = {t.data_ptr(): t for t in [*self.model.parameters(), *self.model.buffers()]}
+        params = sum(p.numel() for p in self.model.parameters()) + sum(
+            m.in_features * m.out_features for m in self.model.modules() if hasattr(m, "weight_packed") and not m.tied)
         layers = cfg.num_hidden_layers
         kv_heads = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv = 2 * layers * kv_heads * head_dim * context * (4 if self.dtype == "int8" else width)
-        return {"parameters": params, "weights_bytes": params * width, "kv_cache_bytes": kv}
+        width = _activation_dtype(self.dtype).itemsize
+        kv = 2 * layers * kv_heads * head_dim * context * width
+        return {"parameters": params, "weights_bytes": sum(t.nbytes for t in tensors.values()),
+                "kv_cache_bytes": kv}
+
+
+def _activation_dtype(dtype: str):
+    """The torch dtype a model computes in: quantized weights keep bf16 activations where the CPU has native
+    bf16 (fp32 otherwise, and for dynamic int8, whose kernels take fp32)."""
+    import torch
+
+    from ._device import cpu_flags
+
+    if dtype == "int8":
+        return torch.float32
+    if dtype in ("int8-wo", "int4-wo"):
+        return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & cpu_flags() else torch.float32
+    return getattr(torch, dtype)
 
 
 def _apply_adapter(model, adapter: str):
