@@ -5,8 +5,10 @@
 users get. The engine sees the model only through `ChatModel` (messages in, text pieces and a `Completion`
 out), so a local transformers model and a served one take the same path. Several threads may call `stream` at
 once (eval and batch concurrency): retrieval is serialized (it is milliseconds), generation is serialized only
-for models that cannot run concurrently. Not here: storage of conversations (history.py), presentation
-(cli.py, tui/).
+for models that cannot run concurrently. When the collection has fitted abstention thresholds and retrieval
+evidence falls below them, the engine answers the refusal and the closest passages without calling the model.
+Not here: storage of conversations (history.py), presentation (cli.py, tui/), fitting the thresholds
+(evals/_calibrate.py).
 """
 
 from __future__ import annotations
