@@ -146,6 +146,9 @@ def test_ask_json_says_why(indexed, suite):
     assert out["answer"].startswith(REFUSAL) and out["finish_reason"] == "abstained"
     assert set(out["abstained"]) == {"reason", "evidence", "thresholds", "fitted_on"}
     assert len(out["sources"]) == 4
+    # without --json it reads like any answer: the text, then the numbered sources
+    text = CliRunner().invoke(cli, ["ask", OFF_TOPIC[1]], catch_exceptions=False).stdout
+    assert text.startswith(REFUSAL + " The closest passages are [1]") and "\n [4] " in text
 
 
 @pytest.mark.parametrize("make, args, message", [
