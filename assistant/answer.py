@@ -86,6 +86,8 @@ class Answer:
     token_ids: list[int] = field(default_factory=list)  # the completion, for lossless checks
     finish_reason: str = ""  # stop, length, cancelled, error (from the model's Completion)
     usage_exact: bool = True  # False: the token counts are an estimate (a server that reports none)
+    # set when the engine declined from retrieval evidence without generating: reason, evidence, thresholds
+    abstained: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,6 +108,7 @@ class Answer:
             "status": self.status,
             "finish_reason": self.finish_reason,
             **({"error": self.error} if self.error else {}),
+            **({"abstained": self.abstained} if self.abstained else {}),
             "model": self.model,
             "device": self.device,
         }

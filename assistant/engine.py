@@ -5,8 +5,10 @@
 users get. The engine sees the model only through `ChatModel` (messages in, text pieces and a `Completion`
 out), so a local transformers model and a served one take the same path. Several threads may call `stream` at
 once (eval and batch concurrency): retrieval is serialized (it is milliseconds), generation is serialized only
-for models that cannot run concurrently. Not here: storage of conversations (history.py), presentation
-(cli.py, tui/).
+for models that cannot run concurrently. When the collection has fitted abstention thresholds and retrieval
+evidence falls below them, the engine answers the refusal and the closest passages without calling the model.
+Not here: storage of conversations (history.py), presentation (cli.py, tui/), fitting the thresholds
+(evals/_calibrate.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import threading
 import time
 from typing import Callable, Iterator, Sequence
 
-from retrieval import Collection, Passage, SearchConfig, get_embedder
+from retrieval import AbstainRule, Collection, Evidence, Passage, SearchConfig, get_embedder
 from retrieval._chunking import ChunkingConfig
-from retrieval.errors import InputError, ModelError, RagdeskError
+from retrieval.errors import ConfigError, InputError, ModelError, RagdeskError
 
 from .answer import Answer, AnswerEvent, Cost, Retrieved, Timings, TokenArrived, Turn
 from .models import PRESETS, ChatModel, Completion, generation_config, load_model
@@ -176,8 +178,45 @@ class Engine:
 
     # ---- answering --------------------------------------------------------------------------------------
     def retrieve(self, question: str) -> list[Passage]:
+        return self.retrieve_with_evidence(question)[0]
+
+    def retrieve_with_evidence(self, question: str) -> tuple[list[Passage], Evidence]:
         with self._search_lock:
-            return self.collection.search(question, k=self.settings.top_k, mode=self.settings.search_mode)
+            return self.collection.search_with_evidence(question, k=self.settings.top_k,
+                                                        mode=self.settings.search_mode)
+
+    def abstain_rule(self) -> AbstainRule | None:
+        """The collection's fitted thresholds when the `abstain` setting allows them (read per question, so a
+        refit by `ragdesk eval calibrate` applies to an open chat's next question)."""
+        mode = self.settings.abstain
+        if mode not in ("auto", "off"):
+            raise ConfigError(f"abstain={mode!r} is not valid", "use auto or off")
+        if mode == "off":
+            return None
+        with self._search_lock:
+            return self.collection.abstain_rule()
+
+    def _abstained(self, question: str, passages: list[Passage], evidence: Evidence, rule: AbstainRule,
+                   t0: float, t_retrieved: float) -> Iterator[AnswerEvent]:
+        """The refusal and the closest passages, without calling the model: retrieval found nothing close
+        enough to answer from, and a small model asked anyway invents an answer."""
+        refs = [f"[{n}]" for n in range(1, len(passages) + 1)]
+        closest = (", ".join(refs[:-1]) + " and " + refs[-1]) if len(refs) > 1 else "".join(refs)
+        text = REFUSAL + (f" The closest passages are {closest}." if refs else "")
+        yield TokenArrived(text)
+        reason = (f"retrieval evidence below the collection's thresholds: best dense similarity "
+                  f"{evidence.dense:.3f} < {rule.dense:.3f} and best BM25 score {evidence.bm25:.3f} < "
+                  f"{rule.bm25:.3f}")
+        t_end = time.perf_counter()
+        answer = Answer(question=question, text=text, sources=passages, model=self.model_name,
+                        device=self.device, status="complete", finish_reason="abstained")
+        answer.abstained = {"reason": reason, "evidence": evidence.to_dict(), "thresholds": rule.thresholds(),
+                            "fitted_on": {"suite": rule.suite, "suite_digest": rule.suite_digest,
+                                          "fitted_at": rule.fitted_at}}
+        answer.timings = Timings(retrieval_ms=(t_retrieved - t0) * 1000, ttft_ms=(t_end - t0) * 1000,
+                                 total_ms=(t_end - t0) * 1000, generation_ms=0.0, tokens_per_s=0.0)
+        answer.cost = Cost(0.0, 0.0, (t_end - t0) / 3600 * self.settings.device_cost_per_hour)
+        yield answer
 
     def _method(self) -> str:
         s = self.settings
@@ -196,9 +235,13 @@ class Engine:
             self.load()
         s = self.settings
         t0 = time.perf_counter()
-        passages = self.retrieve(question)
+        passages, evidence = self.retrieve_with_evidence(question)
         t_retrieved = time.perf_counter()
         yield Retrieved(passages)
+        rule = self.abstain_rule()
+        if rule is not None and rule.abstains(evidence):
+            yield from self._abstained(question, passages, evidence, rule, t0, t_retrieved)
+            return
         model = self.model
         messages = build_messages(question, passages, history, model.count_tokens, self.context_budget())
         config = generation_config(s, self._method())

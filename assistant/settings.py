@@ -44,6 +44,9 @@ class Settings:
     max_file_mb: float = field(default=50.0, metadata={"doc": "larger files are skipped by index, with a message"})
     top_k: int = field(default=4, metadata={"doc": "passages retrieved per question"})
     search_mode: str = field(default="hybrid", metadata={"doc": "hybrid, dense or bm25"})
+    abstain: str = field(default="auto", metadata={"doc": "auto: decline without generating when retrieval "
+                                                   "evidence is below the collection's fitted thresholds "
+                                                   "(ragdesk eval calibrate); off: always generate"})
     model: str = field(default="smollm2-135m", metadata={"doc": "preset name, HF id, model folder or .gguf file"})
     base_url: str = field(default="", metadata={"doc": "OpenAI-compatible server for --model NAME "
                                                   "(http://HOST:PORT/v1; or give --model URL#NAME)"})

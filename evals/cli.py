@@ -8,6 +8,7 @@ Imports nothing heavy at module level: ragas, torch and the engine load inside t
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from pathlib import Path
 
@@ -270,6 +271,107 @@ def _print_compare(result: dict, a: dict, b: dict) -> None:
             if c["answer_changed"]:
                 click.echo(f"      A: {safe_text(' '.join(c['answer_a'].split())[:100])}")
                 click.echo(f"      B: {safe_text(' '.join(c['answer_b'].split())[:100])}")
+
+
+@eval_group.command("calibrate", context_settings=CONTEXT)
+@click.argument("suite", type=click.Path(path_type=Path), required=False)
+@click.option("--collection", "-c", default=None, help="Collection to fit for (default: default).")
+@click.option("--max-false-refusal", type=float, default=0.02, show_default=True,
+              help="Most answerable questions of the suite the thresholds may decline (a share).")
+@click.option("--folds", type=int, default=5, show_default=True, help="Folds for the cross-validated figures.")
+@click.option("--dry-run", is_flag=True, help="Print the fit without storing it.")
+@click.option("--clear", is_flag=True, help="Remove the collection's stored thresholds (it then never abstains).")
+@click.option("--json", "json_out", is_flag=True, help="Print the thresholds and figures as JSON.")
+@click.pass_context
+def calibrate_command(ctx, suite, max_false_refusal, folds, dry_run, clear, json_out, **flags):
+    """Fit when to abstain from retrieval evidence alone, on SUITE's answerable and unanswerable questions,
+    and store the thresholds with the collection. Retrieval only: no model is loaded.
+
+    The rule: decline (the refusal and the closest passages, no generation) when a question's best dense
+    similarity AND its best BM25 score are both below their thresholds. The fit refuses as many
+    unanswerable questions as it can while declining at most --max-false-refusal of the answerable ones;
+    k-fold figures show what to expect on questions it was not fitted on. Set abstain = "off" to ignore.
+
+    \b
+    Examples:
+      ragdesk eval calibrate corpus/eval.jsonl
+      ragdesk eval calibrate my.jsonl --collection team --max-false-refusal 0.05 --dry-run
+      ragdesk eval calibrate --clear
+    """
+    from assistant.cli import emit_json, settings_from, stderr
+    from retrieval.errors import InputError
+
+    from ._calibrate import calibrate
+    from ._suite import load_suite
+
+    settings = settings_from(ctx, **flags)
+    collection = _open_collection(settings)
+    if clear:
+        collection.set_abstain_rule(None)
+        click.echo(f"abstention thresholds removed from collection {collection.name!r}")
+        return
+    if suite is None:
+        raise InputError("calibrate needs a SUITE", "e.g. ragdesk eval calibrate corpus/eval.jsonl")
+    items = load_suite(suite, warn=lambda msg: stderr(f"warning: {msg}"))
+    with _progress() as bar:
+        task = bar.add_task(f"retrieving for {len(items)} questions", total=len(items))
+        result = calibrate(collection, items, suite, max_false_refusal=max_false_refusal, folds=folds,
+                           progress=lambda done, total: bar.update(task, completed=done))
+    rule = result.rule
+    if not dry_run:
+        collection.set_abstain_rule(rule)
+    if json_out:
+        emit_json({"collection": collection.name, "stored": not dry_run, "rule": "dense < a and bm25 < b",
+                   "thresholds": rule.thresholds(), "suite": rule.suite, "suite_digest": rule.suite_digest,
+                   "fitted_at": rule.fitted_at, "max_false_refusal": max_false_refusal, "train": rule.train,
+                   "cv": rule.cv})
+        return
+    _print_calibration(result, collection.name, dry_run)
+
+
+def _open_collection(settings):
+    from retrieval import Collection, SearchConfig, get_embedder
+    from retrieval._chunking import ChunkingConfig
+
+    return Collection(settings.collection_path(), get_embedder(settings.embedder),
+                      ChunkingConfig(settings.chunk_tokens, settings.chunk_overlap), SearchConfig(), create=False)
+
+
+def _print_calibration(result, collection: str, dry_run: bool) -> None:
+    import numpy as np
+
+    rule = result.rule
+    t = rule.train
+    click.echo(f"{rule.suite}: {len(result.items)} questions ({t['answerable']} answerable, {t['unanswerable']} "
+               f"unanswerable), collection {collection}")
+    click.echo(f"{'evidence':<10}{'answerable: min':>16}{'median':>9}{'max':>9}{'unanswerable: min':>19}"
+               f"{'median':>9}{'max':>9}")
+    u = np.array([i.unanswerable for i in result.items])
+    for side in ("dense", "bm25"):
+        v = np.array([getattr(e, side) for e in result.evidence])
+        a, n = v[~u], v[u]
+        click.echo(f"{side:<10}{a.min():>16.3f}{np.median(a):>9.3f}{a.max():>9.3f}{n.min():>19.3f}"
+                   f"{np.median(n):>9.3f}{n.max():>9.3f}")
+    if not math.isfinite(rule.dense) and rule.dense < 0:
+        click.echo(f"no thresholds refuse an unanswerable question within the budget of "
+                   f"{rule.max_false_refusal:.1%} false refusals: the collection will not abstain")
+    else:
+        fmt = lambda x: f"{x:.4f}" if math.isfinite(x) else "inf (no limit)"  # noqa: E731
+        click.echo(f"rule: abstain when best dense similarity < {fmt(rule.dense)} and best BM25 score < "
+                   f"{fmt(rule.bm25)}")
+
+    def line(name, f):
+        rr, fr = f["refusal_rate"], f["false_refusal_rate"]
+        click.echo(f"{name:<12} refusal rate {rr['mean']:.3f} [{rr['lo']:.3f}, {rr['hi']:.3f}] "
+                   f"({f['refused']}/{f['unanswerable']}), false refusal rate {fr['mean']:.3f} "
+                   f"[{fr['lo']:.3f}, {fr['hi']:.3f}] ({f['false_refusals']}/{f['answerable']})")
+
+    line("on the suite", t)
+    if rule.cv:
+        line(f"{rule.cv['folds']}-fold", rule.cv)
+    click.echo(("not stored (--dry-run)" if dry_run else
+                f"stored with collection {collection} (suite digest {rule.suite_digest}, {rule.fitted_at}); "
+                f"answers abstain below them unless abstain = \"off\""))
 
 
 @eval_group.command("list", context_settings=CONTEXT)

@@ -8,12 +8,14 @@ Knows nothing of the assistant or the evals; they build on it. Names are importe
 from importlib import import_module
 
 __all__ = [
+    "AbstainRule",
     "DEFAULT_EMBEDDER",
     "Chunk",
     "ChunkingConfig",
     "Collection",
     "Document",
     "Embedder",
+    "Evidence",
     "HashingEmbedder",
     "IndexReport",
     "Passage",
@@ -27,6 +29,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "AbstainRule": "_abstain", "Evidence": "_abstain",
     "Chunk": "_chunking", "ChunkingConfig": "_chunking", "chunk_document": "_chunking",
     "DEFAULT_EMBEDDER": "_embedders", "Embedder": "_embedders", "HashingEmbedder": "_embedders",
     "get_embedder": "_embedders", "register_embedder": "_embedders",

@@ -24,6 +24,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ._abstain import META_KEY as _ABSTAIN_KEY
+from ._abstain import AbstainRule, Evidence
 from ._chunking import ChunkingConfig, chunk_document, chunk_prefix
 from ._embedders import Embedder
 from ._loaders import SkipFile, load_document
@@ -387,6 +389,21 @@ class Collection:
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Passage]:
         """The top `k` passages for `query`: `dense`, `bm25`, or `hybrid` (weighted reciprocal-rank fusion)."""
+        return self.search_with_evidence(query, k, mode)[0]
+
+    def evidence(self, query: str) -> Evidence:
+        """The best dense similarity and best BM25 score of `query`, without building passages."""
+        return self._evidence(query, {})
+
+    def _evidence(self, query: str, rankings: dict[str, list[tuple[int, float]]]) -> Evidence:
+        # both sides are always measured, whatever the mode: the abstention rule reads both
+        dense = rankings["dense"] if "dense" in rankings else self.dense_ranking(query, 1)
+        bm25 = rankings["bm25"] if "bm25" in rankings else self.bm25_ranking(query, 1)
+        # an empty collection or a query of stopwords only: the weakest evidence there is
+        return Evidence(max((s for _, s in dense), default=-1.0), max((s for _, s in bm25), default=0.0))
+
+    def search_with_evidence(self, query: str, k: int = 5, mode: str = "hybrid") -> tuple[list[Passage], Evidence]:
+        """`search`, plus the raw best dense and BM25 scores behind it (for abstaining; see `abstain_rule`)."""
         if mode not in MODES:
             raise InputError(f"unknown search mode {mode!r}", f"use one of {', '.join(MODES)}")
         if not query.strip():
@@ -418,7 +435,7 @@ class Collection:
         else:
             ordered = rankings[mode][:k]
         ranks = {name: {cid: r + 1 for r, (cid, _) in enumerate(rk)} for name, rk in rankings.items()}
-        return self._passages(ordered, ranks)
+        return self._passages(ordered, ranks), self._evidence(query, rankings)
 
     def _passages(self, ordered: list[tuple[int, float]], ranks: dict[str, dict[int, int]]) -> list[Passage]:
         if not ordered:
@@ -437,6 +454,20 @@ class Collection:
             out.append(Passage(cid, r[1], r[2], " > ".join(trail) or r[2], r[4], r[5], r[6], r[7], score,
                                {name: rk[cid] for name, rk in ranks.items() if cid in rk}))
         return out
+
+    # ---- abstention thresholds ---------------------------------------------------------------------------
+    def abstain_rule(self) -> AbstainRule | None:
+        """The abstention thresholds fitted for this collection (`ragdesk eval calibrate`), or None."""
+        raw = get_meta(self.db, _ABSTAIN_KEY)
+        return AbstainRule.from_json(raw) if raw else None
+
+    def set_abstain_rule(self, rule: AbstainRule | None) -> None:
+        """Store (or, with None, remove) the abstention thresholds; they survive reopening and re-indexing."""
+        with self.db.atomic():
+            if rule is None:
+                self.db.execute("DELETE FROM meta WHERE key = ?", [_ABSTAIN_KEY])
+            else:
+                set_meta(self.db, _ABSTAIN_KEY, rule.to_json())
 
     def close(self) -> None:
         self.db.close()
