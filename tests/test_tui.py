@@ -400,3 +400,17 @@ async def test_tokens_reach_the_markdown_once_a_frame_not_once_a_token(indexed, 
         assert box.status == "complete" and box.text == reply
     assert reply.startswith("".join(appends).strip()) and len(appends) > 1
     assert len(appends) <= elapsed * 30 * 1.5 + 2 and len(appends) < 200 / 3
+
+
+@run_async
+async def test_chat_answers_go_through_the_shared_sessions_service(indexed):
+    """Chat writes history the way ask and batch do: origin, settings and speculative figures included."""
+    app, _ = make_app(indexed)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await ask(pilot, "Which port does the server use?")
+    h = History(load_settings().history_db)
+    conv = h.conversations()[0]
+    answer = h.messages(conv.id)[1]
+    assert conv.origin == "chat" and answer.status == "complete" and "[1]" in answer.content
+    assert answer.settings["collection"] == "default" and answer.speculative["method"] == "off"

@@ -32,7 +32,6 @@ from ._widgets import AnswerBox, ChatView, ConversationList, SourcesPanel, Statu
 
 __all__ = ["CORPUS_DIR", "RagdeskApp"]
 
-SAVE_EVERY_S = 0.25  # how often a streaming answer is written to history
 FRAME_S = 1 / 30  # tokens arriving within one frame are rendered together
 
 
@@ -95,6 +94,7 @@ class RagdeskApp(ChatActions, App):
         self.engine_error = ""
         self._load_token = 0
         self.history = None
+        self.sessions = None
         self.conversation_id: int | None = None
         self.generating: int | None = None  # assistant message id being written
         self._cancel: threading.Event | None = None
@@ -128,10 +128,11 @@ class RagdeskApp(ChatActions, App):
         self.prompt = self.query_one("#prompt", Input)
         self.conversation_list = self.query_one(ConversationList)
         self.status.set(model=self.settings.model, collection=self.settings.collection, state="starting")
-        from assistant.history import History
+        from assistant.sessions import Sessions
 
-        try:
-            self.history = History(self.settings.history_db)
+        try:  # answers are written through the Sessions service that ask and batch use too
+            self.sessions = Sessions.open(self.settings)
+            self.history = self.sessions.history
         except Exception as exc:  # a broken history file must not stop the app
             self.notify(f"history is not available: {exc}", severity="error", markup=False)
         self.refresh_conversations()
@@ -257,10 +258,10 @@ class RagdeskApp(ChatActions, App):
             return
         event.input.value = ""
         if self.conversation_id is None:
-            self.conversation_id = self.history.new_conversation(collection=self.settings.collection)
-        turns = self.history.turns(self.conversation_id)
-        self.history.add_message(self.conversation_id, "user", question)  # stored before it is answered
-        msg_id = self.history.add_message(self.conversation_id, "assistant", "", status="pending")
+            self.conversation_id = self.sessions.new_conversation(self.settings.collection, origin="chat")
+        turns = self.sessions.turns(self.conversation_id)
+        rec = self.sessions.start(self.conversation_id, question)  # stored before it is answered
+        msg_id = rec.message_id
         # busy from here on, before the first await: a second Enter must not start a second answer
         self.generating, self.selected_msg = msg_id, msg_id
         self._live[msg_id], self._live_sources[msg_id] = "", []
@@ -273,12 +274,13 @@ class RagdeskApp(ChatActions, App):
         self.sources.show_sources([])
         self.refresh_conversations()
         self.status.set(state="answering…" if self.engine_ready.is_set() else "waiting for the model…")
-        self._generate(msg_id, question, turns, self._cancel)
+        self._generate(rec, question, turns, self._cancel)
 
     @work(thread=True, group="answer", exit_on_error=False)
-    def _generate(self, msg_id: int, question: str, turns: list, cancel: threading.Event) -> None:
+    def _generate(self, rec, question: str, turns: list, cancel: threading.Event) -> None:
         from assistant.answer import Answer, Retrieved, TokenArrived
 
+        msg_id = rec.message_id
         text, sources, answer = "", [], None
         try:
             while not self.engine_ready.wait(0.05):  # the question may come before the model is loaded
@@ -290,18 +292,15 @@ class RagdeskApp(ChatActions, App):
             elif engine is None:
                 answer = Answer(question, status="failed", error=f"the assistant is not ready: {self.engine_error}")
             else:
-                last_save = time.monotonic()
                 for event in engine.stream(question, turns, cancel):
                     if isinstance(event, Retrieved):
                         sources = event.passages
                         self.post_message(ChatView.PassagesRetrieved(msg_id, sources))
-                        self.history.update_message(msg_id, sources=[dataclasses.asdict(p) for p in sources])
+                        self.sessions.sources(rec, sources)
                     elif isinstance(event, TokenArrived):
                         text += event.text
                         self.post_message(ChatView.TokensArrived(msg_id, event.text))
-                        if time.monotonic() - last_save > SAVE_EVERY_S:
-                            self.history.update_message(msg_id, content=text)
-                            last_save = time.monotonic()
+                        self.sessions.progress(rec, event.text)  # saved a few times a second
                     elif isinstance(event, Answer):
                         answer = event
         except Exception as exc:  # shown as a failed answer, never as a traceback
@@ -312,7 +311,7 @@ class RagdeskApp(ChatActions, App):
         if answer is None:
             answer = Answer(question, text=text.strip(), sources=sources, status="cancelled")
         try:
-            self.history.save_answer(msg_id, answer)
+            self.sessions.finish(rec, answer)
         finally:
             self._gen_done.set()
             self.post_message(ChatView.AnswerFinished(msg_id, answer))
