@@ -226,7 +226,8 @@ async def test_missing_model_is_a_friendly_message(indexed, monkeypatch):
     monkeypatch.setenv("RAGDESK_MODEL", "no-such-model")
     app = RagdeskApp(load_settings())  # the real engine path: opens the collection, then fails on the model
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.query(".notice.error"), what="the error notice")
+        # the real engine path starts a child process (a spawn that imports torch): slow on a loaded machine
+        await wait_for(pilot, lambda: app.query(".notice.error"), timeout=90, what="the error notice")
         text = screen_text(app)
         assert "The model could not be loaded: unknown model 'no-such-model'" in app.query_one(Notice).text
         assert "The model could not be loaded" in text
