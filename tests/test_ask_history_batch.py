@@ -13,16 +13,8 @@ from assistant.history import History
 from assistant.models import FakeModel, register_model
 from assistant.settings import load_settings
 
-PROMPTS: list[str] = []
-
-
-class _Recording(FakeModel):
-    def stream(self, messages, config, cancel=None):
-        PROMPTS.append("\n".join(m["content"] for m in messages))
-        yield from super().stream(messages, config, cancel)
-
-
-register_model("fake-recording", lambda settings: _Recording())
+RECORDING = FakeModel()  # one instance behind the name, so the test can read the prompts it was given
+register_model("fake-recording", lambda settings: RECORDING)
 
 
 def run(*args):
@@ -42,11 +34,11 @@ def test_ask_is_stored_and_continued(indexed):
     assert answer.settings["model"] == "fake" and answer.speculative["method"] == "off"
     assert h.conversation(conv).origin == "ask"
 
-    PROMPTS.clear()
+    RECORDING.prompts.clear()
     second = run("ask", "And how do I change it?", "--continue", "--model", "fake-recording", "--json")
     assert second.exit_code == 0, second.output
     assert json.loads(second.stdout)["conversation"] == conv
-    assert "Which port does the server use?" in PROMPTS[0] and answer.content[:40] in PROMPTS[0]
+    assert "Which port does the server use?" in RECORDING.prompts[0] and answer.content[:40] in RECORDING.prompts[0]
     third = run("ask", "Unrelated?", "--model", "fake-recording")
     assert third.exit_code == 0
     assert len(h.conversations()) == 2  # a plain ask starts a new conversation

@@ -20,7 +20,6 @@ from .._decoding import SpeculativeConfig
 __all__ = ["ChatModel", "Completion", "GenerationConfig", "Messages"]
 
 Messages = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]
-FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
 
 @dataclass(frozen=True)
