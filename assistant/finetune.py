@@ -62,6 +62,7 @@ class FinetuneConfig:
     dtype: str = "auto"  # base weights and autocast: auto (bfloat16 where the hardware has it), float32, bfloat16
     checkpoint_every: int = 1  # gradient-checkpoint every Nth decoder layer; 1 = all, 0 = off (faster, more memory)
     logits_chunk: int = 256  # reply positions per vocabulary-projection chunk; 0 = all at once, kept for backward
+    group_by_length: bool = True  # micro-batches of tickets of similar length (less padding); see _epoch_steps
 
     def __post_init__(self) -> None:
         for name in ("epochs", "rank", "alpha", "batch_size", "grad_accum", "max_length"):
@@ -107,6 +108,9 @@ class FinetuneEvent:
     tokens: int = 0  # tokens processed since this run (or resume) started
     elapsed_s: float = 0.0
     path: str = ""
+
+
+GROUP_STEPS = 16  # optimizer steps per length-sorted block when group_by_length is on
 
 
 def split_tickets(tickets: list[Ticket], val_fraction: float, seed: int) -> tuple[list, list, list]:
@@ -213,6 +217,7 @@ class FinetuneRun:
         self.history: list[dict] = []
         self.done = {"train_seconds": 0.0, "tokens": 0}  # carried across resumes in the checkpoints
         self.model = self.tokenizer = self.optimizer = None
+        self._steps_cache: tuple[int, list[list[int]]] | None = None
         self.device, self.dtype = "", ""  # resolved by load()
 
     # ---- setup ------------------------------------------------------------------------------------------
@@ -293,16 +298,34 @@ class FinetuneRun:
             return self.config.lr * (step + 1) / warm
         return self.config.lr * max(0.0, (self.total_steps - step) / max(1, self.total_steps - warm))
 
-    def _micro_batches(self, step: int) -> list[list[int]]:
-        """Row indices of each micro-batch of optimizer step `step` (0-based): epoch e is a permutation seeded
-        by seed + e, so a resumed run sees exactly the batches the uninterrupted one would have."""
+    def _epoch_steps(self, epoch: int) -> list[list[int]]:
+        """Row indices of every optimizer step of `epoch`: a permutation seeded by seed + epoch, so a resumed
+        run sees exactly the batches the uninterrupted one would have. With `group_by_length` the permutation
+        is cut into blocks of GROUP_STEPS steps, each block sorted by length before it is cut into steps, and
+        the steps are shuffled again: tickets of similar length share a micro-batch, so little of it is
+        padding, while each epoch still sees every ticket once in a random order of steps."""
         import torch
 
-        n = len(self.rows["train"])
-        epoch, within = divmod(step, self.steps_per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed + epoch)).tolist()
+        if self._steps_cache and self._steps_cache[0] == epoch:
+            return self._steps_cache[1]
+        rows = self.rows["train"]
+        gen = torch.Generator().manual_seed(self.config.seed + epoch)
+        perm = torch.randperm(len(rows), generator=gen).tolist()
         per_step = self.config.batch_size * self.config.grad_accum
-        chunk = perm[within * per_step: (within + 1) * per_step]
+        if self.config.group_by_length:
+            block = per_step * GROUP_STEPS
+            perm = [i for b in range(0, len(perm), block)
+                    for i in sorted(perm[b: b + block], key=lambda j: -len(rows[j][0]))]
+        steps = [perm[i: i + per_step] for i in range(0, len(perm), per_step)]
+        if self.config.group_by_length:
+            steps = [steps[i] for i in torch.randperm(len(steps), generator=gen).tolist()]
+        self._steps_cache = (epoch, steps)
+        return steps
+
+    def _micro_batches(self, step: int) -> list[list[int]]:
+        """Row indices of each micro-batch of optimizer step `step` (0-based)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        chunk = self._epoch_steps(epoch)[within]
         return [chunk[i: i + self.config.batch_size] for i in range(0, len(chunk), self.config.batch_size)]
 
     def _loss_sum(self, rows) -> tuple:

@@ -45,11 +45,14 @@ def _mb(n: int) -> str:
 @click.option("--logits-chunk", type=int, default=None,
               help="Reply positions per chunk of the vocabulary projection, recomputed in the backward "
                    "(default 256; 0 = all at once).")
+@click.option("--group-by-length/--no-group-by-length", default=None,
+              help="Put tickets of similar length in the same micro-batch, so less of it is padding (default on; "
+                   "each epoch still sees every ticket once, in shuffled steps).")
 @click.option("--json", "json_out", is_flag=True, help="Print the metrics as JSON.")
 @click.pass_context
 def finetune_command(ctx, tickets, out, epochs, max_steps, lr, rank, val_fraction, batch_size, grad_accum,
                      max_length, model, resume, merge, overwrite, device, dtype, checkpoint_every, logits_chunk,
-                     json_out):
+                     group_by_length, json_out):
     """Train LoRA adapters on support TICKETS (JSONL or CSV) and save them as an adapter folder.
 
     Tickets are {"question", "answer"}, {"subject", "body", "answer"} or {"messages": [...]} rows; rows with
@@ -79,7 +82,8 @@ def finetune_command(ctx, tickets, out, epochs, max_steps, lr, rank, val_fractio
     given = {k: v for k, v in dict(epochs=epochs, max_steps=max_steps, lr=lr, rank=rank, val_fraction=val_fraction,
                                   batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
                                   model=model, dtype=dtype, checkpoint_every=checkpoint_every,
-                                  logits_chunk=logits_chunk).items() if v is not None}
+                                  logits_chunk=logits_chunk, group_by_length=group_by_length).items()
+             if v is not None}
     if rank is not None:
         given["alpha"] = 2 * rank
     base: dict = {"model": s.model, "device": s.device}
@@ -89,6 +93,7 @@ def finetune_command(ctx, tickets, out, epochs, max_steps, lr, rank, val_fractio
             raise InputError(f"nothing to resume in {out}", "run once without --resume (checkpoints are saved "
                              "under OUT/checkpoints)")
         base = json.loads((checkpoints[-1] / "state.json").read_text())["config"]
+        base.setdefault("group_by_length", False)  # checkpoints from before the option trained ungrouped
     elif (checkpoints or (out / "adapter_config.json").exists()) and not overwrite:
         raise InputError(f"{out} already holds an adapter", "pass --resume to continue it, --overwrite to replace "
                          "it, or --out for a new folder")

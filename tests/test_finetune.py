@@ -150,8 +150,10 @@ def test_a_step_changes_only_adapter_weights(tiny_model, tmp_path):
 def test_bf16_checkpointed_run_keeps_base_frozen_and_lora_in_float32(tiny_model, tmp_path):
     import torch
 
+    # ungrouped: the steps' tickets then vary in length at random, not in sorted blocks, so the mean losses of
+    # the first and last steps compare training progress rather than which tickets those steps hold
     run = make_run(tiny_model, tmp_path, max_steps=8, dtype="bfloat16", checkpoint_every=1, logits_chunk=7,
-                   val_fraction=0.0, lr=3e-2, warmup_fraction=0.0)
+                   val_fraction=0.0, lr=3e-2, warmup_fraction=0.0, group_by_length=False)
     assert run.dtype == "bfloat16"
     lora = {n for n, p in run.model.named_parameters() if p.requires_grad}
     dtypes = {n: p.dtype for n, p in run.model.named_parameters()}
@@ -203,11 +205,47 @@ def test_memory_estimate_counts_dtype_checkpointing_and_logit_chunks():
 
 
 def test_training_lowers_the_training_loss(tiny_model, tmp_path):
-    run = make_run(tiny_model, tmp_path, max_steps=12, val_fraction=0.0, lr=3e-2, warmup_fraction=0.0)
+    run = make_run(tiny_model, tmp_path, max_steps=12, val_fraction=0.0, lr=3e-2, warmup_fraction=0.0,
+                   group_by_length=False)  # see the bf16 test above
     losses = []
     run.train(lambda e: losses.append(e.loss) if e.kind == "step" else None)
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_length_grouping_sees_every_ticket_once_with_less_padding(tiny_model, tmp_path):
+    import random
+
+    from assistant import finetune
+
+    tickets = [finetune.Ticket([{"role": "user", "content": f"Question {i}?"},
+                                {"role": "assistant", "content": " ".join(["word"] * random.Random(i).randint(1, 60))}],
+                               line=i + 1) for i in range(64)]
+
+    def run_with(group: bool):
+        cfg = FinetuneConfig(model=str(tiny_model), batch_size=4, max_steps=0, val_fraction=0.0, device="cpu",
+                             dtype="float32", seed=3, group_by_length=group)
+        return FinetuneRun(cfg, tiny_model, tickets).load()
+
+    def padding(run, epoch):
+        rows = run.rows["train"]
+        steps = [run._micro_batches(epoch * run.steps_per_epoch + s) for s in range(run.steps_per_epoch)]
+        seen = sorted(i for step in steps for b in step for i in b)
+        pad = sum(len(b) * max(len(rows[i][0]) for i in b) - sum(len(rows[i][0]) for i in b)
+                  for step in steps for b in step)
+        return seen, pad, steps
+
+    grouped, plain = run_with(True), run_with(False)
+    assert grouped.steps_per_epoch == plain.steps_per_epoch == 16
+    for epoch in (0, 1):
+        seen_g, pad_g, steps_g = padding(grouped, epoch)
+        seen_p, pad_p, _ = padding(plain, epoch)
+        assert seen_g == seen_p == list(range(64))  # every ticket exactly once per epoch
+        assert pad_g < 0.5 * pad_p
+    assert padding(grouped, 0)[2] != padding(grouped, 1)[2]  # a new order each epoch
+    assert padding(run_with(True), 1)[2] == padding(grouped, 1)[2]  # the same order for the same seed (resume)
+    lengths = [sum(len(grouped.rows["train"][i][0]) for b in s for i in b) for s in padding(grouped, 0)[2]]
+    assert lengths != sorted(lengths) and lengths != sorted(lengths, reverse=True)  # steps shuffled, not sorted
 
 
 def test_resume_continues_from_the_saved_step_exactly(tiny_model, tmp_path):
