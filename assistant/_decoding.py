@@ -14,6 +14,8 @@ Not here: sampling (speculative sampling needs rejection sampling; ragdesk answe
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import threading
 from abc import ABC, abstractmethod
@@ -49,8 +51,11 @@ class DecodingConfig:
     max_new_tokens: int = 256
     repetition_penalty: float = 1.1
     stop_ids: tuple[int, ...] = ()
+    decode_threads: int = 0  # torch threads after the prefill (0 = unchanged); restored when decoding ends
 
     def __post_init__(self) -> None:
+        if self.decode_threads < 0:
+            raise ConfigError(f"decode_threads={self.decode_threads} must not be negative")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
         if self.repetition_penalty <= 0:
@@ -283,6 +288,17 @@ def _pick_tokens(logits, seen, cand_t, penalty: float):
     return logits.argmax(-1)
 
 
+@contextlib.contextmanager
+def _restore_threads(n: int):
+    import torch
+
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
                   candidates: CandidateGenerator | None = None, cancel: threading.Event | None = None,
                   stats: DecodingStats | None = None) -> Iterator[list[int]]:
@@ -300,10 +316,13 @@ def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
     stop = set(config.stop_ids)
     kw = _cache_kw(model)
     penalty = config.repetition_penalty
-    with torch.inference_mode():
+    threads_before = torch.get_num_threads()
+    with torch.inference_mode(), _restore_threads(threads_before):
         # prefill everything but the last prompt token; the loop always feeds "last token + candidates"
         if prompt_len > 1:
             model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1, **{kw: cache})
+        if config.decode_threads and config.decode_threads != threads_before:
+            torch.set_num_threads(config.decode_threads)  # the prefill is compute-bound; decode steps are small
         seen = None  # (vocab,) bool: tokens of the answer so far, for the repetition penalty
         while True:
             if cancel is not None and cancel.is_set():

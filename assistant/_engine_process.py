@@ -17,9 +17,10 @@ starts a new child. Not here: history (the app writes it), rendering, retrieval 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import multiprocessing
 import os
-import contextlib
 import queue
 import sys
 import threading
@@ -41,6 +42,20 @@ def _error(name: str, message: str, hint: str | None) -> Exception:
     if isinstance(cls, type) and issubclass(cls, errors.RagdeskError):
         return cls(message, hint)
     return errors.ModelError(f"{name}: {message}" if name else message)
+
+
+def app_decode_threads(settings):
+    """The settings the app's engine loads with: unless decode_threads is set, decoding uses at most one thread
+    fewer than the CPUs. The screen's process needs a share of a core while an answer streams (~0.17 cores
+    measured), and a decoding step is many small torch calls whose threads wait for each other: one of them
+    pushed off its core by the screen stalls every call (measured on 2 CPUs: the app's engine at 0.72-0.75x
+    of `ask` with 2 threads, 0.88x with 1; benchmarks/chat_vs_ask.py). The prefill keeps every thread."""
+    if settings.decode_threads:
+        return settings
+    import torch
+
+    n = settings.threads or torch.get_num_threads()
+    return dataclasses.replace(settings, decode_threads=max(1, min(n, (os.cpu_count() or 1) - 1)))
 
 
 def _child_main(conn, log_path: str, setup: Callable[[], None] | None) -> None:
@@ -88,7 +103,7 @@ def _child_main(conn, log_path: str, setup: Callable[[], None] | None) -> None:
         if msg[0] == "stop":
             return
         if msg[0] == "load":
-            settings = msg[1]
+            settings = app_decode_threads(msg[1])
             keep = engine.model if engine is not None and engine.settings.model == settings.model else None
             try:
                 engine = Engine(settings, model=keep).load(progress=lambda text: conn.send(("progress", text)))

@@ -70,6 +70,7 @@ class Settings:
     device: str = field(default="auto", metadata={"doc": "auto, cpu, cuda or mps"})
     dtype: str = field(default="auto", metadata={"doc": "auto, float32, bfloat16, float16, int8 (CPU, dynamic), int8-wo or int4-wo (CPU, weight-only)"})
     threads: int = field(default=0, metadata={"doc": "CPU threads for torch (0 = torch's default)"})
+    decode_threads: int = field(default=0, metadata={"doc": "CPU threads for the decoding steps after the prefill (0 = as threads; the chat app's engine uses one fewer than the CPUs, leaving the screen a core)"})
     price_input_per_1k: float = field(default=0.00015, metadata={"doc": "$ per 1K prompt tokens (price table)"})
     price_output_per_1k: float = field(default=0.0006, metadata={"doc": "$ per 1K completion tokens"})
     device_cost_per_hour: float = field(default=0.05, metadata={"doc": "$ per hour of the device's time"})
@@ -95,7 +96,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
         for name in ("price_input_per_1k", "price_output_per_1k", "device_cost_per_hour", "context_window",
-                     "threads", "chunk_overlap"):
+                     "threads", "decode_threads", "chunk_overlap"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
         for name in ("request_timeout", "connect_timeout"):

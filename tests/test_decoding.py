@@ -210,3 +210,35 @@ def test_prompt_lookup_stops_when_a_wide_pass_costs_more_than_it_gains_and_resum
     else:
         raise AssertionError("never resumed proposing")
     assert cand.acceptance > cand.extra_cost()
+
+
+def test_decode_threads_apply_after_the_prefill_and_are_restored(tiny):
+    """`decode_threads` (the chat app's engine decodes with one thread fewer than the CPUs): the prefill runs
+    with the process's threads, every step after it with decode_threads, the tokens are the same, and the
+    thread count is back when the answer ends, also when it is cancelled half-way."""
+    model, tok = tiny
+    ids = prompt_ids(tok)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+
+        class Recording(PromptLookupCandidates):
+            def get_candidates(self, ids_, prompt_len):
+                seen.append(torch.get_num_threads())
+                return super().get_candidates(ids_, prompt_len)
+
+        plain, _ = run(model, ids, DecodingConfig(max_new_tokens=20))
+        fewer, _ = run(model, ids, DecodingConfig(max_new_tokens=20, decode_threads=1), Recording(SpeculativeConfig()))
+        assert fewer == plain
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        gen = greedy_decode(model, ids, DecodingConfig(max_new_tokens=20, decode_threads=1))
+        next(gen)
+        assert torch.get_num_threads() == 1
+        gen.close()  # the consumer stops reading (a cancel, an error above)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(Exception, match="decode_threads"):
+        DecodingConfig(decode_threads=-1)

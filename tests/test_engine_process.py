@@ -88,3 +88,19 @@ async def test_answers_cancel_crash_and_restart_in_the_child_process(indexed, mo
     assert [m.status for m in msgs[1::2]] == ["complete", "cancelled", "failed", "complete"]
     assert "model process stopped" in msgs[5].error and len(msgs[5].content) > 30
     assert SLOW_REPLY.startswith(msgs[5].content)
+
+
+def test_the_apps_engine_leaves_the_screen_a_core(monkeypatch):
+    import torch
+
+    from assistant._engine_process import app_decode_threads
+    from assistant.settings import load_settings
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert app_decode_threads(load_settings()).decode_threads == 1
+    assert app_decode_threads(load_settings({"decode_threads": 2})).decode_threads == 2  # the user's choice
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert app_decode_threads(load_settings()).decode_threads == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert app_decode_threads(load_settings({"threads": 4})).decode_threads == 4

@@ -60,7 +60,8 @@ def load_model(spec: str, settings: Settings, progress: Progress | None = None, 
         return served.connect()
     folder = resolve_model_folder(spec, settings, progress)
     progress(f"loading {spec} from {folder}")
-    return TransformersModel(folder, spec, settings.device, settings.dtype, settings.threads, adapter)
+    return TransformersModel(folder, spec, settings.device, settings.dtype, settings.threads, adapter,
+                             settings.decode_threads)
 
 
 def generation_config(settings: Settings, method: str | None = None) -> GenerationConfig:

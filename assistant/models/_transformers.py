@@ -59,7 +59,7 @@ class TransformersModel(ChatModel):
     supports_speculative = True
 
     def __init__(self, folder: Path, name: str, device: str = "auto", dtype: str = "auto", threads: int = 0,
-                 adapter: str = ""):
+                 adapter: str = "", decode_threads: int = 0):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -81,6 +81,7 @@ class TransformersModel(ChatModel):
             model = quantize_weight_only(model, WEIGHT_ONLY_DTYPES[self.dtype], torch_dtype)
         self.model = model.to(self.device).eval()
         self.adapter = adapter
+        self.decode_threads = decode_threads if self.device == "cpu" else 0
         self.draft: TransformersModel | None = None
         self._lock = threading.Lock()  # one generation at a time: the KV cache and weights are shared
         cfg = self.model.config
@@ -132,7 +133,8 @@ class TransformersModel(ChatModel):
     def stream(self, messages, config, cancel=None):
         prompt_ids = self.encode_chat(messages)
         candidates, method = self._candidates(messages, config)
-        decoding = DecodingConfig(config.max_new_tokens, config.repetition_penalty, self.stop_ids)
+        decoding = DecodingConfig(config.max_new_tokens, config.repetition_penalty, self.stop_ids,
+                                  self.decode_threads)
         stats = DecodingStats()
         detok = IncrementalDetokenizer(self.tokenizer)
         text, finish, error = "", "stop", ""
