@@ -67,7 +67,7 @@ def measure_ask(engine, questions: list[str]) -> list[dict]:
     out = []
     for q in questions:
         a = engine.ask(q)
-        out.append({"ttft_ms": a.timings.ttft_ms, "tokens_per_s": a.timings.tokens_per_s,
+        out.append({"ttft_ms": a.timings.ttft_ms, "retrieval_ms": a.timings.retrieval_ms, "tokens_per_s": a.timings.tokens_per_s,
                     "tokens": a.usage.completion_tokens, "status": a.status})
     return out
 
@@ -85,7 +85,13 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
 
     seen: list[float] = []  # perf_counter of each TokensArrived the app handled, for the current answer
 
+    submitted: list[float] = []  # when the app had done its work on Enter and handed the question on
+
     class TimedApp(RagdeskApp):
+        async def on_input_submitted(self, event) -> None:
+            await super().on_input_submitted(event)
+            submitted.append(time.perf_counter())
+
         def on_chat_view_tokens_arrived(self, event: ChatView.TokensArrived) -> None:
             seen.append(time.perf_counter())
             super().on_chat_view_tokens_arrived(event)
@@ -114,8 +120,9 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
             if i and ask_engine is not None:
                 asked += measure_ask(ask_engine, [q])
             seen.clear()
+            submitted.clear()
             prompt.value = q
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             send_key("enter", "\r")
             while app.generating is None:
                 await asyncio.sleep(0.002)
@@ -130,7 +137,8 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
                     if i:
                         keys.append((time.perf_counter() - tk) * 1000)
                     next_key = time.perf_counter() + KEY_EVERY_S
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.02)  # a slow poll: this loop shares the app's process
+            app_cpu = (time.process_time() - cpu0) / (time.perf_counter() - t0)  # cores the app's process used
             prompt.value = ""
             m = app.history.message(msg_id)
             n = m.usage.get("completion_tokens", 0)
@@ -139,7 +147,10 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
             decode = seen[-1] - seen[0] if len(seen) > 1 else 0.0
             results.append({"ttft_ms": (seen[0] - t0) * 1000 if seen else 0.0,
                             "tokens_per_s": (n - 1) / decode if decode > 0 and n > 1 else 0.0,
-                            "engine_tokens_per_s": m.timings.get("tokens_per_s", 0.0),
+                            "engine_tokens_per_s": m.timings.get("tokens_per_s", 0.0), "app_cpu": app_cpu,
+                            "engine_ttft_ms": m.timings.get("ttft_ms", 0.0),
+                            "engine_retrieval_ms": m.timings.get("retrieval_ms", 0.0),
+                            "submit_ms": (submitted[0] - t0) * 1000 if submitted else 0.0,
                             "tokens": n, "status": m.status})
     return results, asked, keys
 
@@ -155,7 +166,7 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def run(settings, questions: list[str], loads: list[str], thread: bool) -> dict:
+def run(settings, questions: list[str], loads: list[str], thread: bool, app_settings=None) -> dict:
     """For each load: the app (child process) interleaved with ask, then (`thread`) the in-thread app
     interleaved with ask again; each app mode's ratio is against the ask answers interleaved with it."""
     from assistant.engine import Engine
@@ -166,7 +177,7 @@ def run(settings, questions: list[str], loads: list[str], thread: bool) -> dict:
     for load in loads:
         with competing_load(load == "nice19"):
             la_start = os.getloadavg()[0]
-            app, ask, keys = asyncio.run(measure_app(settings, questions, ask_engine=engine))
+            app, ask, keys = asyncio.run(measure_app(app_settings or settings, questions, ask_engine=engine))
             row = {"ask": ask, "app": app, "keys_ms": keys}
             if thread:
                 row["app_thread"], row["ask_thread"], row["keys_thread_ms"] = asyncio.run(
@@ -185,13 +196,16 @@ def summary(report: dict) -> list[str]:
             if name not in row:
                 continue
             ask_tps, ask_ttft = _median(row[asked], "tokens_per_s"), _median(row[asked], "ttft_ms")
-            lines.append(f"  ask        {ask_tps:6.2f} tok/s  TTFT {ask_ttft:7.0f} ms   (interleaved with {name})")
+            lines.append(f"  ask        {ask_tps:6.2f} tok/s  TTFT {ask_ttft:7.0f} ms   (interleaved with {name}; "
+                         f"retrieval {_median(row[asked], 'retrieval_ms'):.0f} ms)")
             tps, ttft = _median(row[name], "tokens_per_s"), _median(row[name], "ttft_ms")
             lines.append(f"  {name:<10} {tps:6.2f} tok/s  TTFT {ttft:7.0f} ms   = {tps / ask_tps if ask_tps else 0:.2f}x"
                          f" ask's tok/s, {ttft / ask_ttft if ask_ttft else 0:.2f}x its TTFT;  key press p50 "
                          f"{_pct(row[keys], 0.5):.0f} ms p90 {_pct(row[keys], 0.9):.0f} ms "
                          f"({len(row[keys])} presses); engine-side {_median(row[name], 'engine_tokens_per_s'):.2f}"
-                         f" tok/s")
+                         f" tok/s, TTFT {_median(row[name], 'engine_ttft_ms'):.0f} ms, retrieval "
+                         f"{_median(row[name], 'engine_retrieval_ms'):.0f} ms; Enter handled in "
+                         f"{_median(row[name], 'submit_ms'):.0f} ms; app process {_median(row[name], 'app_cpu'):.2f} cores")
     return lines
 
 
@@ -201,12 +215,16 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--loads", default="idle,nice19", help="idle, nice19 or both (comma-separated)")
     p.add_argument("--thread", action="store_true", help="also measure the old in-thread engine path")
+    p.add_argument("--app-threads", type=int, default=0,
+                   help="torch threads of the app's engine process (default: the settings', as ask)")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
     from assistant.settings import load_settings
 
     settings = load_settings({"max_new_tokens": args.max_new_tokens})
-    report = run(settings, QUESTIONS[: args.questions], args.loads.split(","), args.thread)
+    app_settings = (load_settings({"max_new_tokens": args.max_new_tokens, "threads": args.app_threads})
+                    if args.app_threads else None)
+    report = run(settings, QUESTIONS[: args.questions], args.loads.split(","), args.thread, app_settings)
     if args.json_out:
         args.json_out.write_text(json.dumps({"settings": {"model": settings.model, "max_new_tokens":
                                              settings.max_new_tokens, "speculative": settings.speculative},
