@@ -248,6 +248,28 @@ def test_length_grouping_sees_every_ticket_once_with_less_padding(tiny_model, tm
     assert lengths != sorted(lengths) and lengths != sorted(lengths, reverse=True)  # steps shuffled, not sorted
 
 
+def test_one_ticket_per_pass_trains_the_same_step_as_the_whole_micro_batch(tiny_model, tmp_path):
+    """rows_per_pass only changes how a step is computed: in float32, without dropout, the adapter after three
+    steps is the same (to rounding) whether each micro-batch of 3 runs as one padded pass or as three passes of
+    one ticket, with the layers checkpointed (the default) or not."""
+    import torch
+
+    runs = {}
+    for per_pass, ckpt in ((0, 1), (1, 0)):
+        run = make_run(tiny_model, tmp_path, checkpoint_every=ckpt, batch_size=3, max_steps=3, val_fraction=0.0,
+                       lr=1e-2, rows_per_pass=per_pass, warmup_fraction=0.0, dropout=0.0)  # no masks to differ
+        run.train()
+        runs[per_pass] = {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+    moved = 0
+    for name, whole in runs[0].items():
+        assert torch.allclose(runs[1][name], whole, atol=1e-5, rtol=1e-4), name
+        if "lora_B" in name:  # zero at the start: trained if not zero now
+            moved += int(whole.abs().max() > 0)
+    assert moved > 0
+    with pytest.raises(ConfigError, match="rows_per_pass"):
+        FinetuneConfig(rows_per_pass=-1)
+
+
 def test_resume_continues_from_the_saved_step_exactly(tiny_model, tmp_path):
     import shutil
 
