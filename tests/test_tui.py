@@ -228,6 +228,9 @@ async def test_missing_model_is_a_friendly_message(indexed, monkeypatch):
     async with app.run_test(size=SIZE) as pilot:
         # the real engine path starts a child process (a spawn that imports torch): slow on a loaded machine
         await wait_for(pilot, lambda: app.query(".notice.error"), timeout=90, what="the error notice")
+        # the notice is mounted before it is drawn: wait for the screen, not only the widget tree
+        await wait_for(pilot, lambda: "The model could not be loaded" in screen_text(app), timeout=10,
+                       what="the error notice on screen")
         text = screen_text(app)
         assert "The model could not be loaded: unknown model 'no-such-model'" in app.query_one(Notice).text
         assert "The model could not be loaded" in text
