@@ -1,6 +1,6 @@
 """Static KV cache and a compiled decode step against ragdesk's eager step (issue 11, item 3), on this machine.
 
-One real RAG prompt (the bundled corpus's passages for a question, as `ragdesk ask` builds it), then the same
+One RAG-shaped prompt (the openings of four bundled corpus documents as passages, then a question), then the same
 greedy one-token steps with:
   eager/dynamic   what ragdesk does today (DynamicCache, eager forward)
   eager/static    a preallocated StaticCache, eager forward (cache_position passed)
