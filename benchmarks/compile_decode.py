@@ -1,7 +1,7 @@
 """Static KV cache and a compiled decode step against ragdesk's eager step (issue 11, item 3), on this machine.
 
-One RAG-shaped prompt (the openings of four bundled corpus documents as passages, then a question), then the same
-greedy one-token steps with:
+One RAG-shaped prompt (the openings of four bundled corpus documents as passages, then a question), then
+the same greedy one-token steps with:
   eager/dynamic   what ragdesk does today (DynamicCache, eager forward)
   eager/static    a preallocated StaticCache, eager forward (cache_position passed)
   compiled/static torch.compile of the forward over the StaticCache (inductor, C++ kernels on CPU)
