@@ -92,6 +92,11 @@ class FinetuneConfig:
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"finetune dtype={self.dtype!r} is not valid", "use auto, float32 or bfloat16")
 
+    @property
+    def pass_rows(self) -> int:
+        """Tickets in one forward/backward pass: rows_per_pass, or the whole micro-batch when it is 0 (or larger)."""
+        return min(self.rows_per_pass or self.batch_size, self.batch_size)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -292,8 +297,7 @@ class FinetuneRun:
         rows = self.rows["train"]
         longest = max(len(ids) for ids, _ in rows)
         share = sum(sum(lab != -100 for lab in labels) for _, labels in rows) / sum(len(ids) for ids, _ in rows)
-        per_pass = min(self.config.rows_per_pass or self.config.batch_size, self.config.batch_size)
-        return estimate_memory(self.model.base_model.model.config, total, trainable, per_pass,
+        return estimate_memory(self.model.base_model.model.config, total, trainable, self.config.pass_rows,
                                min(longest, self.config.max_length), width=2 if self.dtype == "bfloat16" else 4,
                                reply_share=share, checkpoint_every=self.config.checkpoint_every,
                                logits_chunk=self.config.logits_chunk)
@@ -403,7 +407,7 @@ class FinetuneRun:
             batches = self._micro_batches(self.step)
             labelled = sum(sum(lab != -100 for lab in self.rows["train"][i][1][1:]) for b in batches for i in b)
             step_loss = 0.0
-            per_pass = self.config.rows_per_pass or self.config.batch_size
+            per_pass = self.config.pass_rows
             for b in batches:
                 for k in range(0, len(b), per_pass):  # the same gradient in smaller passes (see rows_per_pass)
                     loss, _, n_tokens = self._loss_sum([self.rows["train"][i] for i in b[k: k + per_pass]])

@@ -118,8 +118,7 @@ def finetune_command(ctx, tickets, out, epochs, max_steps, lr, rank, val_fractio
            f"(held out); {run.total_steps} steps of {config.batch_size}x{config.grad_accum} on {run.device}")
     stderr(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%), LoRA rank "
            f"{config.rank} on {config.target_modules}")
-    per_pass = min(config.rows_per_pass or config.batch_size, config.batch_size)
-    stderr(f"memory estimate ({run.dtype}, {per_pass} ticket(s) per pass, {min(config.max_length, max(len(r[0]) for r in sizes['train']))}"
+    stderr(f"memory estimate ({run.dtype}, {config.pass_rows} ticket(s) per pass, {min(config.max_length, max(len(r[0]) for r in sizes['train']))}"
            f" tokens): weights {_mb(est['weights_bytes'])} + gradients {_mb(est['gradients_bytes'])} + optimizer "
            f"{_mb(est['optimizer_bytes'])} + activations {_mb(est['activations_bytes'])} = {_mb(est['total_bytes'])}")
 
