@@ -3,10 +3,9 @@ one run, each in its own process (so each peak RSS is its own), on the same tick
 
 For every configuration it prints training tokens/s (tokens of the rendered tickets, padding not counted, over
 the training time; runs use --val-fraction 0 so no validation pass is timed), wall time, the peak RSS of the
-whole process and the loss on the held-out "test" tickets after training, plus the split of one optimizer step into forward (loss), backward and optimizer
-time measured in-process with `--split`.
+whole process and the loss on the held-out "test" tickets after training.
 
-    python benchmarks/finetune_speed.py [--steps 40] [--configs new,fp32-full,...] [--before SRC] [--split]
+    python benchmarks/finetune_speed.py [--steps 40] [--configs new,fp32-full,...] [--before SRC]
 
 `--before SRC` also runs the command from another checkout (e.g. `git worktree add /tmp/before bdf4b7d`), the
 "today" of the issue, with its own defaults. Configurations (flags added to `ragdesk finetune`):
@@ -34,7 +33,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,53 +89,12 @@ def run_one(src: Path, flags: list[str], args, home: str) -> dict:
             "final_train_loss": steps[-1]["train_loss"] if steps else None}
 
 
-def split_step(args, steps: int = 4) -> list[dict]:
-    """Forward / backward / optimizer time of `steps` optimizer steps with the current defaults."""
-    import torch
-
-    sys.path.insert(0, str(REPO))
-    from assistant.finetune import FinetuneConfig, FinetuneRun, read_tickets
-    from assistant.models import resolve_model_folder
-    from assistant.settings import load_settings
-
-    s = load_settings()
-    rows, _ = read_tickets(args.tickets)
-    out = []
-    for label, kw in (("bf16 ckpt all", {}), ("bf16 no ckpt", {"checkpoint_every": 0}),
-                      ("fp32 no ckpt, full logits", {"dtype": "float32", "checkpoint_every": 0, "logits_chunk": 0})):
-        run = FinetuneRun(FinetuneConfig(max_steps=steps, val_fraction=0.1, **kw),
-                          resolve_model_folder("smollm2-135m", s, lambda msg: None), rows).load(threads=s.threads)
-        run.model.train()
-        t = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0, "tokens": 0}
-        for step in range(steps):
-            for b in run._micro_batches(step):
-                t0 = time.perf_counter()
-                loss, n, n_tokens = run._loss_sum([run.rows["train"][i] for i in b])
-                t1 = time.perf_counter()
-                (loss / max(n, 1)).backward()
-                t2 = time.perf_counter()
-                t["forward"] += t1 - t0
-                t["backward"] += t2 - t1
-                t["tokens"] += n_tokens
-            t3 = time.perf_counter()
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            t["optimizer"] += time.perf_counter() - t3
-        total = t["forward"] + t["backward"] + t["optimizer"]
-        out.append({"config": label, **{k: round(v, 2) for k, v in t.items()},
-                    "tokens_per_s": round(t["tokens"] / total, 1)})
-        del run
-        torch.manual_seed(0)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--tickets", type=Path, default=REPO / "corpus" / "tickets.jsonl")
     ap.add_argument("--configs", default="new,fp32-full")
     ap.add_argument("--before", type=Path, default=None, help="another checkout to run as 'before'")
-    ap.add_argument("--split", action="store_true", help="also time forward/backward/optimizer in-process")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
     args.tickets = args.tickets.resolve()
@@ -160,13 +117,6 @@ def main() -> None:
         print(f"{r['config']:<12}{r['tokens']:>9,}{r['train_seconds']:>9.1f}{r['tokens_per_s_reported']:>8.0f}"
               f"{r['wall_s']:>8.1f}{r['peak_rss_bytes'] / 2**30:>9.2f} G{r['test_loss'] or float('nan'):>10.4f}"
               f"   x{r['tokens_per_s_reported'] / base['tokens_per_s_reported']:.2f} of {base['config']}")
-    if args.split:
-        split = split_step(args)
-        print("one step split (s, summed over 4 steps):")
-        for r in split:
-            print(f"  {r['config']:<28} forward {r['forward']:.2f}  backward {r['backward']:.2f}  "
-                  f"optimizer {r['optimizer']:.2f}  -> {r['tokens_per_s']:.0f} tok/s")
-        rows.append({"split": split})
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2))
 
