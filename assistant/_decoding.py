@@ -15,7 +15,6 @@ Not here: sampling (speculative sampling needs rejection sampling; ragdesk answe
 from __future__ import annotations
 
 import contextlib
-
 import functools
 import threading
 from abc import ABC, abstractmethod

@@ -67,7 +67,8 @@ def measure_ask(engine, questions: list[str]) -> list[dict]:
     out = []
     for q in questions:
         a = engine.ask(q)
-        out.append({"ttft_ms": a.timings.ttft_ms, "retrieval_ms": a.timings.retrieval_ms, "tokens_per_s": a.timings.tokens_per_s,
+        out.append({"ttft_ms": a.timings.ttft_ms, "retrieval_ms": a.timings.retrieval_ms,
+                    "tokens_per_s": a.timings.tokens_per_s,
                     "tokens": a.usage.completion_tokens, "status": a.status})
     return out
 
