@@ -68,13 +68,13 @@ def measure_ask(engine, questions: list[str]) -> list[dict]:
     for q in questions:
         a = engine.ask(q)
         out.append({"ttft_ms": a.timings.ttft_ms, "retrieval_ms": a.timings.retrieval_ms,
-                    "tokens_per_s": a.timings.tokens_per_s,
+                    "tokens_per_s": a.timings.tokens_per_s, "prompt_tokens": a.usage.prompt_tokens,
                     "tokens": a.usage.completion_tokens, "status": a.status})
     return out
 
 
 async def measure_app(settings, questions: list[str], in_thread: bool = False, ask_engine=None,
-                      ready_timeout: float = 600) -> tuple[list[dict], list[dict], list[float]]:
+                      ready_timeout: float = 600, key_every: float = KEY_EVERY_S) -> tuple[list[dict], list[dict], list[float]]:
     """Per question: what the app's user sees (see the module docstring), and, when `ask_engine` is given,
     the same question through `ask` just before it (interleaved, so both see the same machine: on a shared
     machine the load moves within seconds); and every key-press latency (ms). While `ask` runs the app's
@@ -85,6 +85,7 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
     from assistant.tui.app import RagdeskApp
 
     seen: list[float] = []  # perf_counter of each TokensArrived the app handled, for the current answer
+    seen_cpu: list[float] = []  # the app process's CPU time when it handled the first of them
 
     submitted: list[float] = []  # when the app had done its work on Enter and handed the question on
 
@@ -94,6 +95,8 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
             submitted.append(time.perf_counter())
 
         def on_chat_view_tokens_arrived(self, event: ChatView.TokensArrived) -> None:
+            if not seen:
+                seen_cpu.append(time.process_time())
             seen.append(time.perf_counter())
             super().on_chat_view_tokens_arrived(event)
 
@@ -120,14 +123,19 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
         for i, q in enumerate([WARMUP] + questions):
             if i and ask_engine is not None:
                 asked += measure_ask(ask_engine, [q])
+            # each question in a new conversation, as `ask` answers it: a follow-up would carry the earlier
+            # turns in its prompt and take longer to prefill, and the comparison would not be like for like
+            await app.action_new_chat()
+            await pilot.pause()
             seen.clear()
+            seen_cpu.clear()
             submitted.clear()
             prompt.value = q
             t0, cpu0 = time.perf_counter(), time.process_time()
             send_key("enter", "\r")
             while app.generating is None:
                 await asyncio.sleep(0.002)
-            msg_id, next_key = app.generating, time.perf_counter() + KEY_EVERY_S
+            msg_id, next_key = app.generating, time.perf_counter() + key_every
             while app.generating is not None:
                 if seen and time.perf_counter() >= next_key:  # while it streams: type, wait until shown
                     before = len(prompt.value)
@@ -137,7 +145,7 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
                         await asyncio.sleep(0.001)
                     if i:
                         keys.append((time.perf_counter() - tk) * 1000)
-                    next_key = time.perf_counter() + KEY_EVERY_S
+                    next_key = time.perf_counter() + key_every
                 await asyncio.sleep(0.02)  # a slow poll: this loop shares the app's process
             app_cpu = (time.process_time() - cpu0) / (time.perf_counter() - t0)  # cores the app's process used
             prompt.value = ""
@@ -146,12 +154,16 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
             if i == 0:
                 continue
             decode = seen[-1] - seen[0] if len(seen) > 1 else 0.0
+            # cores the app's process used before the first token: what the engine's prefill competed with
+            app_cpu_ttft = (seen_cpu[0] - cpu0) / (seen[0] - t0) if seen and seen_cpu else 0.0
             results.append({"ttft_ms": (seen[0] - t0) * 1000 if seen else 0.0,
                             "tokens_per_s": (n - 1) / decode if decode > 0 and n > 1 else 0.0,
                             "engine_tokens_per_s": m.timings.get("tokens_per_s", 0.0), "app_cpu": app_cpu,
+                            "app_cpu_ttft": app_cpu_ttft,
                             "engine_ttft_ms": m.timings.get("ttft_ms", 0.0),
                             "engine_retrieval_ms": m.timings.get("retrieval_ms", 0.0),
                             "submit_ms": (submitted[0] - t0) * 1000 if submitted else 0.0,
+                            "prompt_tokens": m.usage.get("prompt_tokens", 0),
                             "tokens": n, "status": m.status})
     return results, asked, keys
 
@@ -167,7 +179,8 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def run(settings, questions: list[str], loads: list[str], thread: bool, app_settings=None) -> dict:
+def run(settings, questions: list[str], loads: list[str], thread: bool, app_settings=None,
+        key_every: float = KEY_EVERY_S) -> dict:
     """For each load: the app (child process) interleaved with ask, then (`thread`) the in-thread app
     interleaved with ask again; each app mode's ratio is against the ask answers interleaved with it."""
     from assistant.engine import Engine
@@ -178,11 +191,12 @@ def run(settings, questions: list[str], loads: list[str], thread: bool, app_sett
     for load in loads:
         with competing_load(load == "nice19"):
             la_start = os.getloadavg()[0]
-            app, ask, keys = asyncio.run(measure_app(app_settings or settings, questions, ask_engine=engine))
+            app, ask, keys = asyncio.run(measure_app(app_settings or settings, questions, ask_engine=engine,
+                                                     key_every=key_every))
             row = {"ask": ask, "app": app, "keys_ms": keys}
             if thread:
                 row["app_thread"], row["ask_thread"], row["keys_thread_ms"] = asyncio.run(
-                    measure_app(settings, questions, True, ask_engine=engine))
+                    measure_app(settings, questions, True, ask_engine=engine, key_every=key_every))
             row["loadavg"] = [la_start, os.getloadavg()[0]]
         report[load] = row
         print("\n".join(summary({load: row})), flush=True)  # as it comes: a full run takes minutes
@@ -198,15 +212,18 @@ def summary(report: dict) -> list[str]:
                 continue
             ask_tps, ask_ttft = _median(row[asked], "tokens_per_s"), _median(row[asked], "ttft_ms")
             lines.append(f"  ask        {ask_tps:6.2f} tok/s  TTFT {ask_ttft:7.0f} ms   (interleaved with {name}; "
-                         f"retrieval {_median(row[asked], 'retrieval_ms'):.0f} ms)")
+                         f"retrieval {_median(row[asked], 'retrieval_ms'):.0f} ms; prompt "
+                         f"{_median(row[asked], 'prompt_tokens'):.0f} tokens)")
             tps, ttft = _median(row[name], "tokens_per_s"), _median(row[name], "ttft_ms")
             lines.append(f"  {name:<10} {tps:6.2f} tok/s  TTFT {ttft:7.0f} ms   = {tps / ask_tps if ask_tps else 0:.2f}x"
                          f" ask's tok/s, {ttft / ask_ttft if ask_ttft else 0:.2f}x its TTFT;  key press p50 "
                          f"{_pct(row[keys], 0.5):.0f} ms p90 {_pct(row[keys], 0.9):.0f} ms "
                          f"({len(row[keys])} presses); engine-side {_median(row[name], 'engine_tokens_per_s'):.2f}"
                          f" tok/s, TTFT {_median(row[name], 'engine_ttft_ms'):.0f} ms, retrieval "
-                         f"{_median(row[name], 'engine_retrieval_ms'):.0f} ms; Enter handled in "
-                         f"{_median(row[name], 'submit_ms'):.0f} ms; app process {_median(row[name], 'app_cpu'):.2f} cores")
+                         f"{_median(row[name], 'engine_retrieval_ms'):.0f} ms, prompt {_median(row[name], 'prompt_tokens'):.0f} "
+                         f"tokens; Enter handled in "
+                         f"{_median(row[name], 'submit_ms'):.0f} ms; app process {_median(row[name], 'app_cpu'):.2f} cores "
+                         f"({_median(row[name], 'app_cpu_ttft'):.2f} before the first token)")
     return lines
 
 
@@ -218,6 +235,8 @@ def main() -> None:
     p.add_argument("--thread", action="store_true", help="also measure the old in-thread engine path")
     p.add_argument("--app-threads", type=int, default=0,
                    help="torch threads of the app's engine process (default: the settings', as ask)")
+    p.add_argument("--key-every", type=float, default=KEY_EVERY_S,
+                   help="seconds between key presses while an answer streams (default %(default)s)")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
     from assistant.settings import load_settings
@@ -225,7 +244,8 @@ def main() -> None:
     settings = load_settings({"max_new_tokens": args.max_new_tokens})
     app_settings = (load_settings({"max_new_tokens": args.max_new_tokens, "threads": args.app_threads})
                     if args.app_threads else None)
-    report = run(settings, QUESTIONS[: args.questions], args.loads.split(","), args.thread, app_settings)
+    report = run(settings, QUESTIONS[: args.questions], args.loads.split(","), args.thread, app_settings,
+                 args.key_every)
     if args.json_out:
         args.json_out.write_text(json.dumps({"settings": {"model": settings.model, "max_new_tokens":
                                              settings.max_new_tokens, "speculative": settings.speculative},
