@@ -45,12 +45,16 @@ class SpeculativeConfig:
             raise ConfigError(f"need 1 <= min_ngram ({self.min_ngram}) <= max_ngram ({self.max_ngram})")
 
 
+KV_CACHES = ("static", "dynamic")
+
+
 @dataclass(frozen=True)
 class DecodingConfig:
     max_new_tokens: int = 256
     repetition_penalty: float = 1.1
     stop_ids: tuple[int, ...] = ()
     decode_threads: int = 0  # torch threads after the prefill (0 = unchanged); restored when decoding ends
+    kv_cache: str = "static"  # "static" (preallocated for this answer) or "dynamic" (grows by concatenation)
 
     def __post_init__(self) -> None:
         if self.decode_threads < 0:
@@ -59,6 +63,8 @@ class DecodingConfig:
             raise ConfigError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
         if self.repetition_penalty <= 0:
             raise ConfigError(f"repetition_penalty={self.repetition_penalty} must be positive")
+        if self.kv_cache not in KV_CACHES:
+            raise ConfigError(f"kv_cache={self.kv_cache!r} is not one of {', '.join(KV_CACHES)}")
 
 
 @dataclass
@@ -305,13 +311,17 @@ def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
 
     `model` is a transformers causal LM; `stats` (optional) is filled in as decoding goes."""
     import torch
-    from transformers import DynamicCache
+    from transformers import DynamicCache, StaticCache
 
     stats = stats if stats is not None else DecodingStats()
     device = model.device
     ids = list(prompt_ids)
     prompt_len = len(ids)
-    cache = DynamicCache(config=model.config)
+    # a static cache holds exactly this answer: the prompt, the answer, and the widest verification pass
+    # (candidates never reach past max_new_tokens); cropping it only moves its length back, so what a rejected
+    # candidate wrote is overwritten by the next step
+    cache = (StaticCache(config=model.config, max_cache_len=prompt_len + config.max_new_tokens + 1)
+             if config.kv_cache == "static" else DynamicCache(config=model.config))
     stop = set(config.stop_ids)
     kw = _cache_kw(model)
     penalty = config.repetition_penalty

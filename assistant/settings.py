@@ -21,6 +21,7 @@ __all__ = ["Settings", "load_settings"]
 
 SPECULATIVE = ("off", "prompt-lookup", "draft")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+KV_CACHES = ("static", "dynamic")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int8-wo", "int4-wo")
 _KINDS = {"int": int, "float": (int, float), "str": (str, os.PathLike)}
 _HINTS = {"int": "use a whole number, e.g. 4", "float": "use a finite number, e.g. 0.5",
@@ -71,6 +72,8 @@ class Settings:
     dtype: str = field(default="auto", metadata={"doc": "auto, float32, bfloat16, float16, int8 (CPU, dynamic), int8-wo or int4-wo (CPU, weight-only)"})
     threads: int = field(default=0, metadata={"doc": "CPU threads for torch (0 = torch's default)"})
     decode_threads: int = field(default=0, metadata={"doc": "CPU threads for the decoding steps after the prefill (0 = as threads; the chat app's engine uses one fewer than the CPUs, leaving the screen a core)"})
+    kv_cache: str = field(default="static", metadata={"doc": "static (preallocated per answer; faster, measured "
+                                                              "in ragdesk bench) or dynamic (grows per token)"})
     price_input_per_1k: float = field(default=0.00015, metadata={"doc": "$ per 1K prompt tokens (price table)"})
     price_output_per_1k: float = field(default=0.0006, metadata={"doc": "$ per 1K completion tokens"})
     device_cost_per_hour: float = field(default=0.05, metadata={"doc": "$ per hour of the device's time"})
@@ -86,7 +89,7 @@ class Settings:
                 raise ConfigError(f"{f.name}={value!r} is not a valid {f.type}", _HINTS[f.type])
             if f.type == "float" and not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value!r} is not a valid float", _HINTS["float"])
-        checks = [("speculative", SPECULATIVE), ("device", DEVICES), ("dtype", DTYPES),
+        checks = [("speculative", SPECULATIVE), ("device", DEVICES), ("dtype", DTYPES), ("kv_cache", KV_CACHES),
                   ("search_mode", ("hybrid", "dense", "bm25"))]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:

@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from assistant._decoding import (DecodingConfig, DecodingStats, DraftModelCandidates, PromptLookupCandidates,
                                  SpeculativeConfig, greedy_decode)
+from retrieval.errors import ConfigError
 from tests.tiny import build_tiny_model
 
 
@@ -242,3 +243,22 @@ def test_decode_threads_apply_after_the_prefill_and_are_restored(tiny):
         torch.set_num_threads(before)
     with pytest.raises(Exception, match="decode_threads"):
         DecodingConfig(decode_threads=-1)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
+def test_both_kv_caches_give_the_uncached_reference_under_prompt_lookup(tiny, penalty, kv_cache):
+    # fp32: token for token. A rejected candidate's K/V stay in the static cache after the current position
+    # (cropping only moves its length back); the next step must overwrite them, never attend to them
+    model, tok = tiny
+    ids = prompt_ids(tok, 2)
+    ref = reference_greedy(model, ids, 40, penalty)
+    cfg = DecodingConfig(max_new_tokens=40, repetition_penalty=penalty, kv_cache=kv_cache)
+    assert run(model, ids, cfg)[0] == ref
+    pl, stats = run(model, ids, cfg, PromptLookupCandidates(SpeculativeConfig(lookup_tokens=6), adaptive=False))
+    assert pl == ref and stats.draft_tokens > stats.accepted_tokens > 0  # some candidates were rejected
+
+
+def test_unknown_kv_cache_is_a_config_error():
+    with pytest.raises(ConfigError, match="kv_cache='paged' is not one of static, dynamic"):
+        DecodingConfig(kv_cache="paged")

@@ -61,7 +61,7 @@ def load_model(spec: str, settings: Settings, progress: Progress | None = None, 
     folder = resolve_model_folder(spec, settings, progress)
     progress(f"loading {spec} from {folder}")
     return TransformersModel(folder, spec, settings.device, settings.dtype, settings.threads, adapter,
-                             settings.decode_threads)
+                             settings.decode_threads, settings.kv_cache)
 
 
 def generation_config(settings: Settings, method: str | None = None) -> GenerationConfig:

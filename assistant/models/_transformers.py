@@ -59,7 +59,7 @@ class TransformersModel(ChatModel):
     supports_speculative = True
 
     def __init__(self, folder: Path, name: str, device: str = "auto", dtype: str = "auto", threads: int = 0,
-                 adapter: str = "", decode_threads: int = 0):
+                 adapter: str = "", decode_threads: int = 0, kv_cache: str = "static"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,6 +82,7 @@ class TransformersModel(ChatModel):
         self.model = model.to(self.device).eval()
         self.adapter = adapter
         self.decode_threads = decode_threads if self.device == "cpu" else 0
+        self.kv_cache = kv_cache
         self.draft: TransformersModel | None = None
         self._lock = threading.Lock()  # one generation at a time: the KV cache and weights are shared
         cfg = self.model.config
@@ -134,7 +135,7 @@ class TransformersModel(ChatModel):
         prompt_ids = self.encode_chat(messages)
         candidates, method = self._candidates(messages, config)
         decoding = DecodingConfig(config.max_new_tokens, config.repetition_penalty, self.stop_ids,
-                                  self.decode_threads)
+                                  self.decode_threads, self.kv_cache)
         stats = DecodingStats()
         detok = IncrementalDetokenizer(self.tokenizer)
         text, finish, error = "", "stop", ""
