@@ -133,7 +133,11 @@ def main() -> None:
     elif not gguf.exists():
         print(f"no GGUF at {gguf}: llama.cpp row skipped", file=sys.stderr)
     base = rows[0]["outputs"]
+    own_off = {r["dtype"]: r["outputs"] for r in rows if r["engine"] == "ragdesk" and r["method"] == "off"}
     for r in rows:
+        # the speculative path's promise is its own dtype's greedy output: bf16/int near-ties may flip
+        r["identical_to_own_off"] = (sum(a == b for a, b in zip(r["outputs"], own_off[r["dtype"]]))
+                                     if r["dtype"] in own_off else None)
         r["identical_to_first"] = sum(a == b for a, b in zip(r.pop("outputs"), base))
     out = {"model": settings.model, "threads": args.threads, "questions": len(prompts), "gguf": str(gguf),
            "load_average": os.getloadavg(), "peak_rss_mb": rss_mb(), "rows": rows}
@@ -142,10 +146,12 @@ def main() -> None:
         return
     print(f"{out['model']}, {out['threads']} threads, {out['questions']} questions, load average "
           f"{out['load_average'][0]:.2f}, peak RSS {out['peak_rss_mb']} MB")
-    print(f"{'engine':<11}{'weights':<10}{'method':<15}{'decode tok/s':>13}  same tokens as row 1")
+    print(f"{'engine':<11}{'weights':<10}{'method':<15}{'decode tok/s':>13}  same tokens as row 1 / as its own off")
     for r in rows:
         tps = f"{r['decode_tokens_per_s']:.1f}" if r["decode_tokens_per_s"] else "-"
-        print(f"{r['engine']:<11}{r['dtype']:<10}{r['method']:<15}{tps:>13}  {r['identical_to_first']}/{len(prompts)}")
+        own = f"{r['identical_to_own_off']}/{len(prompts)}" if r["identical_to_own_off"] is not None else "-"
+        print(f"{r['engine']:<11}{r['dtype']:<10}{r['method']:<15}{tps:>13}  {r['identical_to_first']}/{len(prompts)}"
+              f" / {own}")
 
 
 if __name__ == "__main__":
