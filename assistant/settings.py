@@ -17,11 +17,12 @@ from typing import Any
 
 from retrieval.errors import ConfigError
 
+from ._decoding import KV_CACHES
+
 __all__ = ["Settings", "load_settings"]
 
 SPECULATIVE = ("off", "prompt-lookup", "draft")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-KV_CACHES = ("static", "dynamic")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int8-wo", "int4-wo")
 _KINDS = {"int": int, "float": (int, float), "str": (str, os.PathLike)}
 _HINTS = {"int": "use a whole number, e.g. 4", "float": "use a finite number, e.g. 0.5",

@@ -74,7 +74,8 @@ def measure_ask(engine, questions: list[str]) -> list[dict]:
 
 
 async def measure_app(settings, questions: list[str], in_thread: bool = False, ask_engine=None,
-                      ready_timeout: float = 600, key_every: float = KEY_EVERY_S) -> tuple[list[dict], list[dict], list[float]]:
+                      ready_timeout: float = 600,
+                      key_every: float = KEY_EVERY_S) -> tuple[list[dict], list[dict], list[float]]:
     """Per question: what the app's user sees (see the module docstring), and, when `ask_engine` is given,
     the same question through `ask` just before it (interleaved, so both see the same machine: on a shared
     machine the load moves within seconds); and every key-press latency (ms). While `ask` runs the app's
@@ -220,9 +221,10 @@ def summary(report: dict) -> list[str]:
                          f"{_pct(row[keys], 0.5):.0f} ms p90 {_pct(row[keys], 0.9):.0f} ms "
                          f"({len(row[keys])} presses); engine-side {_median(row[name], 'engine_tokens_per_s'):.2f}"
                          f" tok/s, TTFT {_median(row[name], 'engine_ttft_ms'):.0f} ms, retrieval "
-                         f"{_median(row[name], 'engine_retrieval_ms'):.0f} ms, prompt {_median(row[name], 'prompt_tokens'):.0f} "
-                         f"tokens; Enter handled in "
-                         f"{_median(row[name], 'submit_ms'):.0f} ms; app process {_median(row[name], 'app_cpu'):.2f} cores "
+                         f"{_median(row[name], 'engine_retrieval_ms'):.0f} ms, prompt "
+                         f"{_median(row[name], 'prompt_tokens'):.0f} tokens; Enter handled in "
+                         f"{_median(row[name], 'submit_ms'):.0f} ms; app process "
+                         f"{_median(row[name], 'app_cpu'):.2f} cores "
                          f"({_median(row[name], 'app_cpu_ttft'):.2f} before the first token)")
     return lines
 
