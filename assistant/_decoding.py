@@ -263,8 +263,9 @@ def _cache_kw(model) -> str:
 
 
 def _crop_to(cache, length: int) -> None:
-    """Keep the first `length` positions of a KV cache (transformers 5 crops by a negative count)."""
-    extra = cache.get_seq_length() - length
+    """Keep the first `length` positions of a KV cache (transformers 5 crops by a negative count). A static
+    cache reports its length as a tensor: taken as an int, so the crop is plain arithmetic in every layer."""
+    extra = int(cache.get_seq_length()) - length
     if extra > 0:
         cache.crop(-extra)
 
