@@ -234,6 +234,39 @@ def test_chat_app_keeps_control_characters_from_the_terminal(hostile_docs):
     assert r"\x1b]0;pwned\x07" in written  # shown, visibly
 
 
+def test_chat_app_keeps_control_characters_from_the_terminal_while_streaming(hostile_docs):
+    """The same while the answer streams: the unfinished paragraph (plain text, not yet Markdown) is shown
+    through safe_text too."""
+    from assistant.engine import Engine
+    from assistant.models import FakeModel
+    from assistant.tui.app import RagdeskApp
+    from retrieval import Collection, get_embedder
+
+    coll = Collection(load_settings().collection_path(), get_embedder("hashing"))
+    coll.update([hostile_docs])
+    reply = f"A first paragraph.\n\nThe note says {EVIL} " + " ".join(f"w{i}" for i in range(60))
+    model = FakeModel(reply=reply, delay_s=0.03)
+    app = RagdeskApp(load_settings(), engine_factory=lambda s: Engine(s, model=model, collection=coll))
+
+    async def scenario():
+        async with app.run_test(size=(150, 44)) as pilot:
+            while app.engine is None:
+                await pilot.pause(0.02)
+            app.query_one("#prompt").value = "What does the zebra note say?"
+            await pilot.press("enter")
+            for _ in range(500):
+                if app.chat.answers() and " w3" in app.chat.answers()[-1].text:
+                    break
+                await pilot.pause(0.02)
+            await pilot.pause(0.1)
+            assert app.generating is not None and app.chat.answers()[-1].query(".tail")  # still streaming
+            return app.screen._compositor.render_update(full=True).render_segments(app.console)
+
+    written = asyncio.run(scenario())
+    _no_raw(written)
+    assert r"\x1b]0;pwned\x07" in written  # shown, visibly, in the tail
+
+
 # ---- 3. one-line errors and values refused, not coerced --------------------------------------------------
 
 def test_report_to_an_unwritable_path_is_one_line(indexed, tmp_path, capsys):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from textual import events
+from textual.widgets import Static
 
 from assistant.engine import Engine
 from assistant.history import History
@@ -381,6 +382,33 @@ def test_first_frame_imports_no_torch(tmp_path):
                          cwd=Path(__file__).resolve().parents[1], timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "heavy []" in out.stdout
+
+
+@run_async
+async def test_streaming_answer_shows_finished_lines_as_markdown_and_the_last_as_plain_text(indexed):
+    """While an answer streams, the Markdown gets only finished lines (appended, not re-parsed) and the line
+    being written is a plain-text tail; the finished answer is one Markdown, the tail gone."""
+    first = "1. **Stop** the server [1].\n2. Edit `server.toml`.\n\n"
+    second = " ".join(f"then{i}" for i in range(40))
+    app, _ = make_app(indexed, delay_s=0.03, reply=first + second)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await ask(pilot, "How do I change the port?", wait=False)
+        await wait_for(pilot, lambda: "then3" in app.chat.answers()[-1].text, what="the last line")
+        box = app.chat.answers()[-1]
+        await pilot.pause(0.1)  # one frame later the screen shows it
+        assert app.generating is not None and box.status == "pending"
+        assert box.markdown.source.strip() == first.strip()  # the finished lines, as Markdown
+        tail = box.query_one(".tail", Static)
+        shown = str(tail.render())
+        assert shown.startswith("then0 then1 then2") and "server.toml" not in shown
+        assert tail.styles.height.value % AnswerBox.TAIL_STEP == 0 and tail.styles.height.value >= 1
+        screen = screen_text(app)
+        assert "Stop the server" in screen and "**" not in screen  # the list is rendered, not raw Markdown
+        assert "then0 then1" in screen
+        await wait_for(pilot, lambda: app.generating is None, what="the answer")
+        assert not box.query(".tail") and box.text == first + second
+        assert box.markdown.source.startswith("1. **Stop**") and "then39" in box.markdown.source
 
 
 @run_async
