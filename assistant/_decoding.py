@@ -23,6 +23,8 @@ from typing import Iterator
 
 from retrieval.errors import ConfigError
 
+from . import _cpuload
+
 __all__ = ["CandidateGenerator", "CrossTokenizerDraftCandidates", "DecodingConfig", "DecodingStats",
            "DraftModelCandidates",
            "PromptLookupCandidates", "SpeculativeConfig", "greedy_decode"]
@@ -53,7 +55,9 @@ class DecodingConfig:
     max_new_tokens: int = 256
     repetition_penalty: float = 1.1
     stop_ids: tuple[int, ...] = ()
-    decode_threads: int = 0  # torch threads after the prefill (0 = unchanged); restored when decoding ends
+    # torch threads after the prefill, restored when decoding ends; 0 = as many as the prefill used, fewer on a
+    # CPU where other programs keep CPUs busy (measured over the prefill, _cpuload)
+    decode_threads: int = 0
     kv_cache: str = "static"  # "static" (preallocated for this answer) or "dynamic" (grows by concatenation)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,7 @@ class DecodingStats:
     steps: int = 0
     stopped: str = ""  # "eos", "length", "cancelled"
     tokens: list[int] = field(default_factory=list)
+    decode_threads: int = 0  # torch threads of the decoding steps (CPU; 0 = not measured)
 
 
 class CandidateGenerator(ABC):
@@ -328,11 +333,19 @@ def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
     penalty = config.repetition_penalty
     threads_before = torch.get_num_threads()
     with torch.inference_mode(), _restore_threads(threads_before):
+        on_cpu = device.type == "cpu"
+        load_before = _cpuload.snapshot() if on_cpu and not config.decode_threads else None
         # prefill everything but the last prompt token; the loop always feeds "last token + candidates"
         if prompt_len > 1:
             model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1, **{kw: cache})
-        if config.decode_threads and config.decode_threads != threads_before:
-            torch.set_num_threads(config.decode_threads)  # the prefill is compute-bound; decode steps are small
+        if on_cpu:
+            # the prefill is compute-bound; decode steps are small, and stall on a CPU another program holds
+            wanted = config.decode_threads or threads_before
+            if load_before is not None:
+                wanted = _cpuload.threads_for(wanted, _cpuload.free_cpus(load_before, _cpuload.snapshot()))
+            if wanted != threads_before:
+                torch.set_num_threads(wanted)
+            stats.decode_threads = wanted
         seen = None  # (vocab,) bool: tokens of the answer so far, for the repetition penalty
         while True:
             if cancel is not None and cancel.is_set():

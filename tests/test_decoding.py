@@ -262,3 +262,70 @@ def test_both_kv_caches_give_the_uncached_reference_under_prompt_lookup(tiny, pe
 def test_unknown_kv_cache_is_a_config_error():
     with pytest.raises(ConfigError, match="kv_cache='paged' is not one of static, dynamic"):
         DecodingConfig(kv_cache="paged")
+
+
+def test_cpu_load_counts_other_programs_only_and_picks_the_threads_left():
+    from assistant import _cpuload
+    from assistant._cpuload import CpuSnapshot, free_cpus, parse_proc_stat, threads_for
+
+    stat = ("cpu  100 20 30 800 50 0 5 10 0 0\ncpu0 50 10 15 400 25 0 2 5 0 0\ncpu1 50 10 15 400 25 0 3 5 0 0\n"
+            "intr 1 2 3\n")
+    busy, cpus = parse_proc_stat(stat, 100)
+    assert cpus == 2 and busy == pytest.approx((100 + 20 + 30 + 5 + 10) / 100)  # idle and iowait are not busy
+    assert parse_proc_stat("intr 1\n", 100) is None
+
+    def snap(wall, busy_s, own_s):
+        return CpuSnapshot(wall, busy_s, own_s, 2)
+
+    t0 = snap(10.0, 500.0, 3.0)
+    # over 1 s both CPUs were busy: 1.3 s ours, 0.7 s another program's -> 1.3 CPUs free -> 1 thread
+    assert free_cpus(t0, snap(11.0, 502.0, 4.3)) == pytest.approx(1.3)
+    assert threads_for(2, free_cpus(t0, snap(11.0, 502.0, 4.3))) == 1
+    # all of it ours (idle machine), or a nice-19 program that barely ran: both threads
+    assert threads_for(2, free_cpus(t0, snap(11.0, 502.0, 5.0))) == 2
+    assert threads_for(2, free_cpus(t0, snap(11.0, 502.0, 4.9))) == 2
+    assert threads_for(4, 0.2) == 1 and threads_for(1, 2.0) == 1
+    # too short a window, or no /proc/stat: what was asked for
+    assert free_cpus(t0, snap(10.05, 500.1, 3.05)) is None and free_cpus(None, t0) is None
+    assert threads_for(2, None) == 2
+    now = _cpuload.snapshot()
+    assert now is None or (now.cpus >= 1 and now.busy_s > 0 and now.own_s > 0)
+
+
+def test_decoding_uses_fewer_threads_while_another_program_holds_a_cpu(tiny, monkeypatch):
+    """decode_threads=0: the steps after the prefill run on the CPUs other programs left free over the prefill;
+    an explicit decode_threads is used as it is, without measuring."""
+    from assistant import _cpuload
+    from assistant._cpuload import CpuSnapshot
+
+    model, tok = tiny
+    ids = prompt_ids(tok)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    readings = []
+
+    def busy_machine():  # each call 1 s later; another program used 0.8 CPU-seconds of every second
+        n = len(readings)
+        readings.append(n)
+        return CpuSnapshot(100.0 + n, 1000.0 + 2.0 * n, 5.0 + 1.2 * n, 2)
+
+    monkeypatch.setattr(_cpuload, "snapshot", busy_machine)
+    try:
+        seen = []
+
+        class Recording(PromptLookupCandidates):
+            def get_candidates(self, ids_, prompt_len):
+                seen.append(torch.get_num_threads())
+                return super().get_candidates(ids_, prompt_len)
+
+        toks, stats = run(model, ids, DecodingConfig(max_new_tokens=12), Recording(SpeculativeConfig()))
+        assert len(readings) == 2 and stats.decode_threads == 1 and set(seen) == {1}
+        assert torch.get_num_threads() == 2  # back after the answer
+        readings.clear()
+        seen.clear()
+        toks2, stats2 = run(model, ids, DecodingConfig(max_new_tokens=12, decode_threads=2),
+                            Recording(SpeculativeConfig()))
+        assert readings == [] and stats2.decode_threads == 2 and set(seen) == {2}
+        assert toks2 == toks
+    finally:
+        torch.set_num_threads(before)
