@@ -4,7 +4,9 @@ Decoding steps of a small model are hundreds of short torch calls whose threads 
 another program keeps one of 2 CPUs busy, 2 threads decode at less than half the speed of 1 (`ragdesk bench`
 beside a busy loop at the same priority: 2.9-3.0 tokens/s on 2 threads, 7.1 on 1). So the decoding loop
 measures, over the prefill it runs anyway, how much CPU the rest of the machine used, and decodes on the CPUs
-left. A program at a low priority (nice 19) barely runs while we do, so it does not count against us.
+left. The prefill goes by the window before it (since the model was loaded or the last answer ended; a
+prefill of 642 tokens beside that busy loop: 1.37-1.39 s on 1 thread, 1.91-2.22 s on 2). A program at a low
+priority (nice 19) barely runs while we do, so it does not count against us.
 
 Not here: choosing the thread count at load time (models/_transformers.py), the decoding loop (_decoding.py).
 """
@@ -15,9 +17,15 @@ import os
 import time
 from dataclasses import dataclass
 
-__all__ = ["CpuSnapshot", "free_cpus", "snapshot", "threads_for"]
+__all__ = ["CpuSnapshot", "free_cpus", "mark", "recent_free", "snapshot", "threads_for"]
 
 MIN_WINDOW_S = 0.15  # shorter windows hold too few clock ticks (10 ms each) to tell anything
+MAX_AGE_S = 30.0  # a longer window says little about now
+
+# the prefill starts before anything of this answer can be measured: it goes by the window since the last
+# mark() (the model's load, the end of the previous answer), or, when that is too short, the last estimate
+_mark: CpuSnapshot | None = None
+_last_free: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,3 +81,23 @@ def threads_for(wanted: int, free: float | None) -> int:
     if free is None:
         return wanted
     return max(1, min(wanted, int(free + 0.25)))
+
+
+def mark(free: float | None = None) -> None:
+    """Remember now (and, when given, the free CPUs just measured) for the next recent_free()."""
+    global _mark, _last_free
+    _mark = snapshot()
+    if free is not None:
+        _last_free = free
+
+
+def recent_free() -> float | None:
+    """Free CPUs over the window since the last mark(): the last estimate when the window is too short to
+    tell, None when there is no mark or it is older than MAX_AGE_S."""
+    if _mark is None:
+        return None
+    now = snapshot()
+    if now is None or now.wall - _mark.wall > MAX_AGE_S:
+        return None
+    free = free_cpus(_mark, now)
+    return _last_free if free is None else free

@@ -334,16 +334,21 @@ def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
     threads_before = torch.get_num_threads()
     with torch.inference_mode(), _restore_threads(threads_before):
         on_cpu = device.type == "cpu"
-        load_before = _cpuload.snapshot() if on_cpu and not config.decode_threads else None
+        fit = on_cpu and not config.decode_threads  # fit the threads to the CPUs other programs leave free
+        if fit and (n := _cpuload.threads_for(threads_before, _cpuload.recent_free())) != threads_before:
+            torch.set_num_threads(n)
+        load_before = _cpuload.snapshot() if fit else None
         # prefill everything but the last prompt token; the loop always feeds "last token + candidates"
         if prompt_len > 1:
             model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1, **{kw: cache})
         if on_cpu:
             # the prefill is compute-bound; decode steps are small, and stall on a CPU another program holds
             wanted = config.decode_threads or threads_before
-            if load_before is not None:
-                wanted = _cpuload.threads_for(wanted, _cpuload.free_cpus(load_before, _cpuload.snapshot()))
-            if wanted != threads_before:
+            if fit:
+                free = _cpuload.free_cpus(load_before, _cpuload.snapshot())
+                _cpuload.mark(free)
+                wanted = _cpuload.threads_for(wanted, free)
+            if wanted != torch.get_num_threads():
                 torch.set_num_threads(wanted)
             stats.decode_threads = wanted
         seen = None  # (vocab,) bool: tokens of the answer so far, for the repetition penalty

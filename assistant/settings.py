@@ -72,7 +72,7 @@ class Settings:
     device: str = field(default="auto", metadata={"doc": "auto, cpu, cuda or mps"})
     dtype: str = field(default="auto", metadata={"doc": "auto, float32, bfloat16, float16, int8 (CPU, dynamic), int8-wo or int4-wo (CPU, weight-only)"})
     threads: int = field(default=0, metadata={"doc": "CPU threads for torch (0 = torch's default)"})
-    decode_threads: int = field(default=0, metadata={"doc": "CPU threads for the decoding steps after the prefill (0 = as threads, fewer while other programs keep CPUs busy; the chat app's engine uses one fewer than the CPUs, leaving the screen a core)"})
+    decode_threads: int = field(default=0, metadata={"doc": "CPU threads for the decoding steps after the prefill (0 = as threads, and the prefill and the steps on fewer while other programs keep CPUs busy; the chat app's engine uses one fewer than the CPUs, leaving the screen a core)"})
     kv_cache: str = field(default="static", metadata={"doc": "static (preallocated per answer; faster, measured "
                                                               "in ragdesk bench) or dynamic (grows per token)"})
     price_input_per_1k: float = field(default=0.00015, metadata={"doc": "$ per 1K prompt tokens (price table)"})

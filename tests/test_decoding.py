@@ -293,8 +293,8 @@ def test_cpu_load_counts_other_programs_only_and_picks_the_threads_left():
 
 
 def test_decoding_uses_fewer_threads_while_another_program_holds_a_cpu(tiny, monkeypatch):
-    """decode_threads=0: the steps after the prefill run on the CPUs other programs left free over the prefill;
-    an explicit decode_threads is used as it is, without measuring."""
+    """decode_threads=0: the steps after the prefill run on the CPUs other programs left free over the prefill,
+    and the next prefill on those left free since; an explicit decode_threads is used as it is, unmeasured."""
     from assistant import _cpuload
     from assistant._cpuload import CpuSnapshot
 
@@ -310,22 +310,26 @@ def test_decoding_uses_fewer_threads_while_another_program_holds_a_cpu(tiny, mon
         return CpuSnapshot(100.0 + n, 1000.0 + 2.0 * n, 5.0 + 1.2 * n, 2)
 
     monkeypatch.setattr(_cpuload, "snapshot", busy_machine)
+    monkeypatch.setattr(_cpuload, "_mark", None)
+    monkeypatch.setattr(_cpuload, "_last_free", None)
+    passes = []  # (tokens fed, threads) of every forward pass
+    hook = model.register_forward_pre_hook(
+        lambda mod, args, kwargs: passes.append((kwargs["input_ids"].shape[1], torch.get_num_threads())),
+        with_kwargs=True)
     try:
-        seen = []
-
-        class Recording(PromptLookupCandidates):
-            def get_candidates(self, ids_, prompt_len):
-                seen.append(torch.get_num_threads())
-                return super().get_candidates(ids_, prompt_len)
-
-        toks, stats = run(model, ids, DecodingConfig(max_new_tokens=12), Recording(SpeculativeConfig()))
-        assert len(readings) == 2 and stats.decode_threads == 1 and set(seen) == {1}
+        toks, stats = run(model, ids, DecodingConfig(max_new_tokens=12))
+        prefill, *steps = passes
+        assert prefill == (len(ids) - 1, 2)  # nothing measured yet: every thread
+        assert steps and {t for _, t in steps} == {1} and stats.decode_threads == 1
         assert torch.get_num_threads() == 2  # back after the answer
-        readings.clear()
-        seen.clear()
-        toks2, stats2 = run(model, ids, DecodingConfig(max_new_tokens=12, decode_threads=2),
-                            Recording(SpeculativeConfig()))
-        assert readings == [] and stats2.decode_threads == 2 and set(seen) == {2}
-        assert toks2 == toks
+        passes.clear()
+        toks2, stats2 = run(model, ids, DecodingConfig(max_new_tokens=12, decode_threads=2))
+        assert {t for _, t in passes} == {2} and stats2.decode_threads == 2 and toks2 == toks
+        n_readings = len(readings)
+        passes.clear()
+        toks3, _ = run(model, ids, DecodingConfig(max_new_tokens=12))
+        assert passes[0] == (len(ids) - 1, 1)  # the window since the last answer's prefill showed the load
+        assert {t for _, t in passes[1:]} == {1} and toks3 == toks and len(readings) > n_readings
     finally:
+        hook.remove()
         torch.set_num_threads(before)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from retrieval.errors import ModelError
 
+from .. import _cpuload
 from ..answer import SpeculativeStats, TokenUsage
 from .._decoding import (CrossTokenizerDraftCandidates, DecodingConfig, DecodingStats, DraftModelCandidates,
                          PromptLookupCandidates, greedy_decode)
@@ -65,6 +66,7 @@ class TransformersModel(ChatModel):
 
         if threads:
             torch.set_num_threads(threads)
+        _cpuload.mark()  # the load is the first window over which the first prefill fits its threads to the load
         self.device, self.dtype = pick_device(device, dtype)
         self.name = name
         self.folder = folder
