@@ -4,7 +4,7 @@ Decoding steps of a small model are hundreds of short torch calls whose threads 
 another program keeps one of 2 CPUs busy, 2 threads decode at less than half the speed of 1 (`ragdesk bench`
 beside a busy loop at the same priority: 2.9-3.0 tokens/s on 2 threads, 7.1 on 1). So the decoding loop
 measures, over the prefill it runs anyway, how much CPU the rest of the machine used, and decodes on the CPUs
-left. The prefill goes by the window before it (since the model was loaded or the last answer ended; a
+left. The prefill goes by the window before it (since the model was loaded or the last prefill ended; a
 prefill of 642 tokens beside that busy loop: 1.37-1.39 s on 1 thread, 1.91-2.22 s on 2). A program at a low
 priority (nice 19) barely runs while we do, so it does not count against us.
 
@@ -23,7 +23,7 @@ MIN_WINDOW_S = 0.15  # shorter windows hold too few clock ticks (10 ms each) to 
 MAX_AGE_S = 30.0  # a longer window says little about now
 
 # the prefill starts before anything of this answer can be measured: it goes by the window since the last
-# mark() (the model's load, the end of the previous answer), or, when that is too short, the last estimate
+# mark() (the model's load, the end of the previous prefill), or, when that is too short, the last estimate
 _mark: CpuSnapshot | None = None
 _last_free: float | None = None
 
