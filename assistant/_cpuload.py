@@ -83,10 +83,11 @@ def threads_for(wanted: int, free: float | None) -> int:
     return max(1, min(wanted, int(free + 0.25)))
 
 
-def mark(free: float | None = None) -> None:
-    """Remember now (and, when given, the free CPUs just measured) for the next recent_free()."""
+def mark(free: float | None = None, now: CpuSnapshot | None = None) -> None:
+    """Remember now (`now`, a snapshot just taken, or a new one) and, when given, the free CPUs just measured,
+    for the next recent_free()."""
     global _mark, _last_free
-    _mark = snapshot()
+    _mark = now if now is not None else snapshot()
     if free is not None:
         _last_free = free
 

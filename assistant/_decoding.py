@@ -345,8 +345,9 @@ def greedy_decode(model, prompt_ids: list[int], config: DecodingConfig,
             # the prefill is compute-bound; decode steps are small, and stall on a CPU another program holds
             wanted = config.decode_threads or threads_before
             if fit:
-                free = _cpuload.free_cpus(load_before, _cpuload.snapshot())
-                _cpuload.mark(free)
+                after = _cpuload.snapshot()
+                free = _cpuload.free_cpus(load_before, after)
+                _cpuload.mark(free, after)
                 wanted = _cpuload.threads_for(wanted, free)
             if wanted != torch.get_num_threads():
                 torch.set_num_threads(wanted)
