@@ -199,24 +199,36 @@ def test_safe_text_keeps_ordinary_text_and_layout():
     assert not any(0x7f <= ord(c) <= 0x9f or c == "\u202e" for c in safe_json(obj, indent=2))
 
 
-def test_chat_app_keeps_control_characters_from_the_terminal(hostile_docs):
-    """The bytes the app would write to the terminal (the compositor's full update) hold no document ESC."""
+def _hostile_chat(hostile_docs, model):
+    """The chat app answering from the hostile documents with `model`, and a coroutine that waits for the
+    engine and asks the zebra question."""
     from assistant.engine import Engine
-    from assistant.models import FakeModel
-    from assistant.tui._widgets import SourcesPanel
     from assistant.tui.app import RagdeskApp
     from retrieval import Collection, get_embedder
 
     coll = Collection(load_settings().collection_path(), get_embedder("hashing"))
     coll.update([hostile_docs])
-    app = RagdeskApp(load_settings(), engine_factory=lambda s: Engine(s, model=FakeModel(), collection=coll))
+    app = RagdeskApp(load_settings(), engine_factory=lambda s: Engine(s, model=model, collection=coll))
+
+    async def ask_zebra(pilot):
+        while app.engine is None:
+            await pilot.pause(0.02)
+        app.query_one("#prompt").value = "What does the zebra note say?"
+        await pilot.press("enter")
+
+    return app, ask_zebra
+
+
+def test_chat_app_keeps_control_characters_from_the_terminal(hostile_docs):
+    """The bytes the app would write to the terminal (the compositor's full update) hold no document ESC."""
+    from assistant.models import FakeModel
+    from assistant.tui._widgets import SourcesPanel
+
+    app, ask_zebra = _hostile_chat(hostile_docs, FakeModel())
 
     async def scenario():
         async with app.run_test(size=(150, 44)) as pilot:
-            while app.engine is None:
-                await pilot.pause(0.02)
-            app.query_one("#prompt").value = "What does the zebra note say?"
-            await pilot.press("enter")
+            await ask_zebra(pilot)
             for _ in range(500):
                 if app.chat.answers() and app.generating is None:
                     break
@@ -235,25 +247,16 @@ def test_chat_app_keeps_control_characters_from_the_terminal(hostile_docs):
 
 
 def test_chat_app_keeps_control_characters_from_the_terminal_while_streaming(hostile_docs):
-    """The same while the answer streams: the unfinished paragraph (plain text, not yet Markdown) is shown
-    through safe_text too."""
-    from assistant.engine import Engine
+    """The same while the answer streams: the unfinished line (plain text, not yet Markdown) is shown through
+    safe_text too."""
     from assistant.models import FakeModel
-    from assistant.tui.app import RagdeskApp
-    from retrieval import Collection, get_embedder
 
-    coll = Collection(load_settings().collection_path(), get_embedder("hashing"))
-    coll.update([hostile_docs])
     reply = f"A first paragraph.\n\nThe note says {EVIL} " + " ".join(f"w{i}" for i in range(60))
-    model = FakeModel(reply=reply, delay_s=0.03)
-    app = RagdeskApp(load_settings(), engine_factory=lambda s: Engine(s, model=model, collection=coll))
+    app, ask_zebra = _hostile_chat(hostile_docs, FakeModel(reply=reply, delay_s=0.03))
 
     async def scenario():
         async with app.run_test(size=(150, 44)) as pilot:
-            while app.engine is None:
-                await pilot.pause(0.02)
-            app.query_one("#prompt").value = "What does the zebra note say?"
-            await pilot.press("enter")
+            await ask_zebra(pilot)
             for _ in range(500):
                 if app.chat.answers() and " w3" in app.chat.answers()[-1].text:
                     break
