@@ -3,6 +3,7 @@ import torch
 
 from assistant._decoding import DecodingConfig, DecodingStats, PromptLookupCandidates, SpeculativeConfig, greedy_decode
 from assistant.models import pick_device
+from assistant.models import _quantize
 from assistant.models._quantize import WeightOnlyLinear
 from retrieval.errors import ModelError
 
@@ -23,8 +24,70 @@ def test_weight_only_linear_is_close_to_the_float_layer(bits, tolerance, act_dty
     assert not torch.equal(y, ref)
 
 
+def _kernel(q, x):
+    if q.bits == 8:
+        return torch._weight_int8pack_mm(x, q.weight_packed, q.scales)
+    return torch._weight_int4pack_mm_for_cpu(x, q.weight_packed, _quantize.GROUP_SIZE, q.scales)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("act_dtype", [torch.float32, torch.bfloat16])
+def test_unpacked_weights_are_the_kernels_weights(bits, act_dtype):
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(96, 128)
+    q = WeightOnlyLinear.from_linear(lin, bits, act_dtype)
+    assert q.can_unpack()
+    eye = torch.eye(96, dtype=act_dtype)
+    seen = _kernel(q, eye).t().float()  # (N, K): what the packed kernel multiplies by
+    w = q.unpacked_weight(act_dtype).float()
+    assert w.shape == (128, 96)
+    # fp32: the same to rounding; bf16: rounded after the product and the sum (the kernel rounds once)
+    tol = (1e-6 if act_dtype == torch.float32 else 2**-7) * seen.abs().max()
+    assert (w - seen).abs().max() <= tol
+    # a wrong unpacking (rows or nibbles swapped) would be off by the weights' own size
+    assert (w - seen.roll(1, 0)).abs().max() > 20 * tol
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_long_inputs_use_the_unpacked_weights_and_short_ones_the_kernel(bits, monkeypatch):
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(64, 128, bias=True).to(torch.bfloat16)
+    q = WeightOnlyLinear.from_linear(lin, bits, torch.bfloat16)
+    rows = _quantize.DEQUANT_MIN_ROWS[bits]
+    long_x, short_x = torch.randn(2, rows, 64, dtype=torch.bfloat16), torch.randn(rows - 1, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        expected_long = (_kernel(q, long_x.reshape(-1, 64)) + q.bias).float()
+        expected_short = (_kernel(q, short_x) + q.bias).float()
+        kernel = "_weight_int8pack_mm" if bits == 8 else "_weight_int4pack_mm_for_cpu"
+        calls = []
+        real = getattr(torch, kernel)
+        monkeypatch.setattr(torch, kernel, lambda *a: calls.append(a[0].shape[0]) or real(*a))
+        y_long, y_short = q(long_x).float(), q(short_x).float()
+    assert calls == [rows - 1]  # only the short input went through the kernel
+    assert y_long.shape == (2, rows, 128)
+    assert (y_long.reshape(-1, 128) - expected_long).abs().max() <= 0.02 * expected_long.abs().max()
+    assert torch.equal(y_short, expected_short)
+
+
+def test_int4_layers_the_unpacking_does_not_fit_keep_the_kernel(monkeypatch):
+    lin = torch.nn.Linear(64, 48)  # 48 rows: the kernel's tile fits, the 64-row packing block does not
+    assert WeightOnlyLinear.fits(lin, 4) and not WeightOnlyLinear.from_linear(lin, 4, torch.float32).can_unpack()
+    assert WeightOnlyLinear.from_linear(lin, 8, torch.float32).can_unpack()
+    monkeypatch.setattr(_quantize, "_int4_layout", [False])  # a torch that packs int4 some other way
+    assert not WeightOnlyLinear.from_linear(torch.nn.Linear(64, 128), 4, torch.float32).can_unpack()
+
+
+def test_the_int4_packing_is_the_one_unpacking_expects():
+    # if a torch release changes its CPU packing, this fails here (and int4 layers fall back to the kernel)
+    _quantize._int4_layout.clear()
+    assert _quantize.int4_layout_known()
+
+
 @pytest.mark.parametrize("dtype", ["int8-wo", "int4-wo"])
-def test_quantized_tiny_model_speculative_equals_its_own_off(tiny_model, dtype):
+@pytest.mark.parametrize("unpacked_prefill", [False, True])
+def test_quantized_tiny_model_speculative_equals_its_own_off(tiny_model, dtype, unpacked_prefill, monkeypatch):
+    if unpacked_prefill:  # the prompt's prefill multiplies by unpacked weights, the steps by the kernel
+        monkeypatch.setattr(_quantize, "DEQUANT_MIN_ROWS", {8: 16, 4: 16})
     from assistant.models._transformers import TransformersModel
 
     m = TransformersModel(tiny_model, "tiny", "cpu", dtype)
