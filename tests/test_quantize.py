@@ -129,3 +129,15 @@ def test_weight_only_dtypes_take_fewer_bytes(tiny_model):
     # the embedding table stays bf16 (its rows are looked up, the output head is quantized separately)
     assert sizes[0] > sizes[1] > sizes[2]
     assert est["int8-wo"]["kv_cache_bytes"] == est["bfloat16"]["kv_cache_bytes"] == 2 * 2 * 2 * 16 * 1024 * 2
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantizing_in_row_chunks_gives_the_whole_layers_packing(bits, monkeypatch):
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(64, 320)  # 5 chunks of 64 rows
+    whole = WeightOnlyLinear.from_linear(lin, bits, torch.bfloat16)
+    monkeypatch.setattr(_quantize, "QUANTIZE_ROWS", 64)
+    chunked = WeightOnlyLinear.from_linear(lin, bits, torch.bfloat16)
+    assert torch.equal(chunked.weight_packed, whole.weight_packed) and torch.equal(chunked.scales, whole.scales)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert torch.equal(chunked(x), whole(x))

@@ -30,6 +30,7 @@ GROUP_SIZE = 32  # int4 group along the input dimension (GGUF Q4_0/Q4_1 use 32 t
 # the crossover measured here: int8 at 32-64 rows, int4 at ~128 (its unpacking costs more)
 DEQUANT_MIN_ROWS = {8: 64, 4: 128}
 DEQUANT_MAX_WEIGHTS = 1 << 25  # larger layers (a 150K-token output head) keep the kernel: no 100s-of-MB buffer
+QUANTIZE_ROWS = 4096  # rows quantized at a time (a multiple of the int4 packing block)
 _INT4_BLOCK = 64  # the CPU int4 packing interleaves rows n and n + 32 of each block of 64 rows, per input column
 _scratch = threading.local()
 _int4_layout: list[bool] = []  # checked once per process: [whether `_unpack_int4` inverts the CPU packing]
@@ -86,22 +87,32 @@ class WeightOnlyLinear(torch.nn.Module):
 
     @classmethod
     def from_linear(cls, linear, bits: int, act_dtype):
-        w = linear.weight.detach().float()  # (N, K)
-        n, k = w.shape
+        weight = linear.weight.detach()  # (N, K)
+        n, k = weight.shape
         bias = None if linear.bias is None else linear.bias.detach().to(act_dtype)
+        # a few thousand rows at a time, so that the float32 copies of a 150K-row output head never exist at
+        # once (they took the 1.5B's load to 7.2 GB); int4 rows only in whole packing blocks, in a known layout
+        step = QUANTIZE_ROWS if bits == 8 or (n % _INT4_BLOCK == 0 and int4_layout_known()) else n
         if bits == 8:
-            scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)  # (N,)
-            q = torch.clamp(torch.round(w / scales[:, None]), -127, 127).to(torch.int8)
-            return cls(8, k, n, q.contiguous(), scales.to(act_dtype), bias)
-        groups = w.reshape(n, k // GROUP_SIZE, GROUP_SIZE)
-        lo, hi = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
-        scale = ((hi - lo) / 15).clamp(min=1e-10)
-        q = torch.clamp(torch.round((groups - lo) / scale), 0, 15).to(torch.int32).reshape(n, k)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
-        # the kernel dequantizes as (q - 8) * scale + zero, so zero is the group's value at q = 8
-        zero = lo + 8 * scale
-        scale_zero = torch.stack([scale.squeeze(-1), zero.squeeze(-1)], dim=-1)  # (N, K/32, 2)
-        return cls(4, k, n, packed, scale_zero.transpose(0, 1).contiguous().to(act_dtype), bias)
+            q, scales = torch.empty(n, k, dtype=torch.int8), torch.empty(n, dtype=act_dtype)
+            for r in range(0, n, step):
+                w = weight[r:r + step].float()
+                s = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)  # per output row
+                q[r:r + step] = torch.clamp(torch.round(w / s[:, None]), -127, 127)
+                scales[r:r + step] = s
+            return cls(8, k, n, q, scales, bias)
+        packed = torch.empty(n, k // 2, dtype=torch.uint8)
+        scale_zero = torch.empty(k // GROUP_SIZE, n, 2, dtype=act_dtype)
+        for r in range(0, n, step):
+            groups = weight[r:r + step].float().reshape(-1, k // GROUP_SIZE, GROUP_SIZE)
+            lo, hi = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+            scale = ((hi - lo) / 15).clamp(min=1e-10)
+            q = torch.clamp(torch.round((groups - lo) / scale), 0, 15).to(torch.int32).reshape(-1, k)
+            packed[r:r + step] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1).view(-1, k // 2)
+            # the kernel dequantizes as (q - 8) * scale + zero, so zero is the group's value at q = 8
+            zero = lo + 8 * scale
+            scale_zero[:, r:r + step] = torch.stack([scale.squeeze(-1), zero.squeeze(-1)], dim=-1).transpose(0, 1)
+        return cls(4, k, n, packed, scale_zero, bias)
 
     @staticmethod
     def fits(linear, bits: int) -> bool:
