@@ -103,7 +103,8 @@ def run_bench(engine, questions: list[str], methods: list[str], progress=None) -
 @click.option("--draft-model", default=None, help="Draft model; adds the draft method.")
 @click.option("--adapter", default=None, help="LoRA adapter folder.")
 @click.option("--max-new-tokens", type=int, default=None, help="Answer length cap (default 256).")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default=None)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default=None,
+              help="Weights' type (default auto: int4-wo on a CPU with native bf16, else float32).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None)
 @collection_option
 @click.option("--json", "json_out", is_flag=True, help="Print the results as JSON.")

@@ -229,7 +229,9 @@ def _answer_options(fn):
                      help="Prompt + answer token budget (default 0: the model's, at most 4096)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8", "int8-wo",
-                                                  "int4-wo"]), default=None),
+                                                  "int4-wo"]), default=None,
+                     help="Weights' type (default auto: int4-wo on a CPU with native bf16, else float32; bfloat16 "
+                          "on CUDA, float16 on MPS)."),
     ]
     for opt in reversed(options):
         fn = opt(fn)

@@ -207,7 +207,7 @@ def training_dtype(device: str, dtype: str) -> tuple[str, str]:
     avx512_bf16/amx, a CUDA GPU with bf16) and float32 elsewhere (float16 would need loss scaling; not done)."""
     from .models import pick_device
 
-    device, resolved = pick_device(device, dtype)
+    device, resolved = pick_device(device, dtype, weight_only=False)
     return device, resolved if resolved == "bfloat16" else "float32"
 
 

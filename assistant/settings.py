@@ -70,7 +70,7 @@ class Settings:
     repetition_penalty: float = field(default=1.1, metadata={"doc": "penalty on tokens already generated (1 = off)"})
     context_window: int = field(default=0, metadata={"doc": "prompt + answer token budget (0 = min(model, 4096))"})
     device: str = field(default="auto", metadata={"doc": "auto, cpu, cuda or mps"})
-    dtype: str = field(default="auto", metadata={"doc": "auto, float32, bfloat16, float16, int8 (CPU, dynamic), int8-wo or int4-wo (CPU, weight-only)"})
+    dtype: str = field(default="auto", metadata={"doc": "auto (int4-wo on a CPU with native bf16, else float32; bfloat16 on CUDA, float16 on MPS), float32, bfloat16, float16, int8 (CPU, dynamic), int8-wo or int4-wo (CPU, weight-only)"})
     threads: int = field(default=0, metadata={"doc": "CPU threads for torch (0 = torch's default)"})
     decode_threads: int = field(default=0, metadata={"doc": "CPU threads for the decoding steps after the prefill (0 = as threads, and the prefill and the steps on fewer while other programs keep CPUs busy; the chat app's engine uses one fewer than the CPUs, leaving the screen a core)"})
     kv_cache: str = field(default="static", metadata={"doc": "static (preallocated per answer; faster, measured "

@@ -141,3 +141,32 @@ def test_quantizing_in_row_chunks_gives_the_whole_layers_packing(bits, monkeypat
     assert torch.equal(chunked.weight_packed, whole.weight_packed) and torch.equal(chunked.scales, whole.scales)
     x = torch.randn(3, 64, dtype=torch.bfloat16)
     assert torch.equal(chunked(x), whole(x))
+
+
+@pytest.mark.parametrize("flags,layout,expected", [
+    ({"avx2", "avx512_bf16"}, True, "int4-wo"),    # native bf16 and the int4 packing ragdesk unpacks
+    ({"avx2", "amx_bf16"}, True, "int4-wo"),
+    ({"avx2", "avx512_bf16"}, False, "bfloat16"),  # a torch that packs int4 some other way
+    ({"avx2"}, True, "float32"),                   # no native bf16: unmeasured there, so fp32 as before
+])
+def test_auto_dtype_on_a_cpu(flags, layout, expected, monkeypatch):
+    from assistant.finetune import training_dtype
+    from assistant.models import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(_device, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(_quantize, "_int4_layout", [layout])
+    assert pick_device("auto", "auto") == ("cpu", expected)
+    # training never gets a quantized dtype: bf16 wherever the CPU has it
+    assert pick_device("auto", "auto", weight_only=False) == ("cpu", "float32" if expected == "float32" else "bfloat16")
+    assert training_dtype("auto", "auto") == ("cpu", "float32" if expected == "float32" else "bfloat16")
+
+
+def test_auto_dtype_without_the_int4_kernel_is_bf16(monkeypatch):
+    from assistant.models import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(_device, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.delattr(torch, "_weight_int4pack_mm_for_cpu")
+    assert pick_device("cpu", "auto") == ("cpu", "bfloat16")
