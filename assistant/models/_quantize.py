@@ -73,6 +73,12 @@ def int4_layout_known() -> bool:
     return _int4_layout[0]
 
 
+def _in_known_int4_blocks(rows: int) -> bool:
+    """Whether int4 weights of `rows` output rows are whole packing blocks in the layout `_unpack_int4` reads
+    (so they can be packed in row chunks and unpacked)."""
+    return rows % _INT4_BLOCK == 0 and int4_layout_known()
+
+
 class WeightOnlyLinear(torch.nn.Module):
     """y = x W^T + b with W held as int8 (N, K) + scales (N,), or as int4 packed for the CPU kernel +
     (K / 32, N, 2) scales and zero points. Built from an `nn.Linear` with `from_linear`."""
@@ -92,7 +98,7 @@ class WeightOnlyLinear(torch.nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().to(act_dtype)
         # a few thousand rows at a time, so that the float32 copies of a 150K-row output head never exist at
         # once (they took the 1.5B's load to 7.2 GB); int4 rows only in whole packing blocks, in a known layout
-        step = QUANTIZE_ROWS if bits == 8 or (n % _INT4_BLOCK == 0 and int4_layout_known()) else n
+        step = QUANTIZE_ROWS if bits == 8 or _in_known_int4_blocks(n) else n
         if bits == 8:
             q, scales = torch.empty(n, k, dtype=torch.int8), torch.empty(n, dtype=act_dtype)
             for r in range(0, n, step):
@@ -122,7 +128,7 @@ class WeightOnlyLinear(torch.nn.Module):
 
     def can_unpack(self) -> bool:
         n, k = self.out_features, self.in_features
-        return n * k <= DEQUANT_MAX_WEIGHTS and (self.bits == 8 or (n % _INT4_BLOCK == 0 and int4_layout_known()))
+        return n * k <= DEQUANT_MAX_WEIGHTS and (self.bits == 8 or _in_known_int4_blocks(n))
 
     def unpacked_weight(self, dtype):
         """The (N, K) weights in `dtype`, as the kernel sees them, in this thread's scratch buffer (valid until
