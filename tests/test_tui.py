@@ -83,6 +83,11 @@ def notifications(app) -> list[str]:
     return [n.message for n in app._notifications]
 
 
+async def wait_for_notification(pilot, pattern: str, what: str) -> None:
+    """`App.notify` posts a message, so a notification shows up a moment after the code that raised it."""
+    await wait_for(pilot, lambda: any(re.search(pattern, n) for n in notifications(pilot.app)), what=what)
+
+
 @run_async
 async def test_send_streams_and_stores(indexed):
     app, _ = make_app(indexed, delay_s=0.05)
@@ -124,7 +129,7 @@ async def test_escape_cancels_and_keeps_partial_text(indexed):
         box = app.chat.answers()[-1]
         assert box.status == "cancelled" and box.has_class("cancelled")
         assert 0 < len(box.text) < len(LONG_REPLY)
-        assert any("cancelled" in n for n in notifications(app))
+        await wait_for_notification(pilot, "cancelled", "the cancel notification")
         conv = app.conversation_id
     m = History(load_settings().history_db).messages(conv)[1]
     assert m.status == "cancelled" and m.content == box.text and LONG_REPLY.startswith(m.content)
@@ -190,7 +195,7 @@ async def test_generation_error_is_shown_and_app_survives(indexed):
         await ask(pilot, "Which port?")
         box = app.chat.answers()[-1]
         assert box.status == "failed" and box.has_class("failed")
-        assert any("fake model was told to fail" in n for n in notifications(app))
+        await wait_for_notification(pilot, "fake model was told to fail", "the error notification")
         assert "fake model was told to fail" in screen_text(app)
         assert "Traceback" not in screen_text(app)
         model.fail = False
@@ -216,7 +221,7 @@ async def test_missing_index_offers_to_index_the_corpus():
         assert app.chat.answers()[-1].status == "failed"
         await pilot.click("#index-corpus")
         await wait_for(pilot, lambda: app.engine is not None, timeout=60, what="indexing and loading")
-        assert any(re.match(r"Indexed \d\d+ documents", n) for n in notifications(app))
+        await wait_for_notification(pilot, r"^Indexed \d\d+ documents", "the indexing notification")
         await ask(pilot, "Which port does Tidepool listen on?")
         box = app.chat.answers()[-1]
         assert box.status == "complete" and box.sources and "corpus" in box.sources[0].path
