@@ -37,6 +37,11 @@ from retrieval.errors import ConfigError, InputError
 
 from ._tickets import SUPPORT_PROMPT, Ticket, read_tickets, render_ticket, support_messages
 
+# optimizer steps between giving freed heap memory back (CPU): measured on the 40-step 135M run, peak RSS 2.64 GiB
+# without, 2.45 GiB every 5 steps at the same speed, 2.23 GiB after every step at 0.84x (the pages fault back in)
+TRIM_EVERY = 4
+_trim: list = []  # glibc's malloc_trim, looked up once (None where there is none)
+
 __all__ = ["FinetuneConfig", "FinetuneEvent", "FinetuneRun", "SUPPORT_PROMPT", "Ticket", "estimate_memory",
            "read_tickets", "render_ticket", "split_tickets", "support_messages"]
 
@@ -51,7 +56,10 @@ class FinetuneConfig:
     lr: float = 2e-4
     rank: int = 8
     alpha: int = 16
-    dropout: float = 0.05
+    # LoRA dropout on the adapted layers' inputs. Off by default: a CPU draws the masks one number at a time (30%
+    # of a 135M training step, 420 masks a step with checkpointing), and a run of a few dozen steps sees each
+    # ticket at most once, so there is nothing to regularize against; worth setting for several epochs
+    dropout: float = 0.0
     target_modules: str = "all-linear"  # or comma-separated module names, e.g. q_proj,v_proj
     batch_size: int = 4
     grad_accum: int = 1
@@ -209,6 +217,21 @@ def training_dtype(device: str, dtype: str) -> tuple[str, str]:
 
     device, resolved = pick_device(device, dtype, weight_only=False)
     return device, resolved if resolved == "bfloat16" else "float32"
+
+
+def _release_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere). Steps of
+    different lengths leave freed activation buffers scattered over the heap, and the process's peak grows
+    with them over a run."""
+    if not _trim:
+        import ctypes
+
+        try:
+            _trim.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):
+            _trim.append(None)
+    if _trim[0] is not None:
+        _trim[0](0)
 
 
 def _head_loss(head, hidden, targets):
@@ -418,6 +441,8 @@ class FinetuneRun:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            if self.device == "cpu" and self.step % TRIM_EVERY == 0:
+                _release_freed_memory()
             self.done = {"train_seconds": base_done["train_seconds"] + time.perf_counter() - started,
                          "tokens": base_done["tokens"] + tokens}
             mean = step_loss / max(labelled, 1)

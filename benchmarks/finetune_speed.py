@@ -10,7 +10,8 @@ whole process and the loss on the held-out "test" tickets after training.
 `--before SRC` also runs the command from another checkout (e.g. `git worktree add /tmp/before bdf4b7d`), the
 "today" of the issue, with its own defaults. Configurations (flags added to `ragdesk finetune`):
   new         the defaults (bf16 where the CPU has it, the micro-batch of 4 in one pass, grouped by length,
-              every layer checkpointed, reply logits in chunks)
+              every layer checkpointed, reply logits in chunks, no LoRA dropout)
+  dropout05   the defaults with LoRA dropout 0.05 (the default before)
   fast        one ticket per forward/backward pass, no checkpointing (faster, more memory)
   whole-ckpt  the defaults spelled out
   whole-ckpt2 the same, every 2nd layer checkpointed
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
     "new": [],
+    "dropout05": ["--dropout", "0.05"],
     "fast": ["--rows-per-pass", "1", "--checkpoint-every", "0"],
     "whole-ckpt": ["--rows-per-pass", "0", "--checkpoint-every", "1", "--group-by-length"],
     "whole-ckpt2": ["--rows-per-pass", "0", "--checkpoint-every", "2", "--group-by-length"],

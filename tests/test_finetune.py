@@ -273,13 +273,14 @@ def test_one_ticket_per_pass_trains_the_same_step_as_the_whole_micro_batch(tiny_
 def test_resume_continues_from_the_saved_step_exactly(tiny_model, tmp_path):
     import shutil
 
-    straight = make_run(tiny_model, tmp_path, save_every=2)
+    # with LoRA dropout, so the restored RNG state has masks to reproduce
+    straight = make_run(tiny_model, tmp_path, save_every=2, dropout=0.1)
     straight.train(out=tmp_path / "a")
     ckpts = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
     assert ckpts == ["step-000002", "step-000004"]
     shutil.rmtree(tmp_path / "a" / "checkpoints" / "step-000004")  # as if stopped after step 2
 
-    resumed = make_run(tiny_model, tmp_path, save_every=2)
+    resumed = make_run(tiny_model, tmp_path, save_every=2, dropout=0.1)
     assert resumed.resume(tmp_path / "a") == 2
     steps = []
     resumed.train(lambda e: steps.append(e.step) if e.kind == "step" else None, out=tmp_path / "a")
@@ -332,6 +333,7 @@ def test_cli_end_to_end(tiny_model, ticket_file, ragdesk_env):
     assert metrics["tickets"]["test"] == 4 and metrics["test_loss"] > 0 and metrics["peak_memory_bytes"] > 0
     assert "memory estimate" in result.stderr and "trainable of" in result.stderr
     assert (out / "adapter_config.json").exists() and (out / "merged" / "config.json").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["lora_dropout"] == 0.0  # the default
     assert (out / "checkpoints" / "step-000002" / "optimizer.pt").exists()
 
     again = runner.invoke(cli, args)
@@ -345,6 +347,18 @@ def test_cli_end_to_end(tiny_model, ticket_file, ragdesk_env):
 
     listed = runner.invoke(cli, ["models", "--json"])
     assert str(out) in json.loads(listed.stdout)["adapters"]
+
+
+def test_cli_dropout_reaches_the_adapter(tiny_model, ticket_file, ragdesk_env, tmp_path):
+    out = tmp_path / "with-dropout"
+    result = CliRunner().invoke(cli, ["finetune", str(ticket_file), "--model", str(tiny_model), "--max-steps", "1",
+                                      "--dropout", "0.1", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "adapter_config.json").read_text())["lora_dropout"] == 0.1
+    assert json.loads((out / "finetune_config.json").read_text())["config"]["dropout"] == 0.1
+    bad = CliRunner().invoke(cli, ["finetune", str(ticket_file), "--model", str(tiny_model), "--dropout", "1.5",
+                                   "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "dropout=1.5 must be in [0, 1)" in (bad.output + str(bad.exception))
 
 
 def test_cli_bad_file_is_one_line_error(tmp_path):
