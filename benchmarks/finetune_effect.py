@@ -71,7 +71,7 @@ def generate(model, prompts: list[list[dict]], max_new_tokens: int, repetition_p
             gen = model.model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                                        max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                        eos_token_id=list(model.stop_ids), pad_token_id=tok.pad_token_id)
-        out += [model.decode(row[width:].tolist()).strip() for row in gen]
+        out += [tok.decode(row[width:].tolist(), skip_special_tokens=True).strip() for row in gen]
     return out
 
 
