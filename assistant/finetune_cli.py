@@ -28,7 +28,7 @@ def _mb(n: int) -> str:
 @click.option("--rank", type=int, default=None, help="LoRA rank (default 8; alpha is twice the rank).")
 @click.option("--dropout", type=float, default=None,
               help="LoRA dropout on the adapted layers' inputs (default 0: a run of one epoch or less sees each "
-                   "ticket once; 0.05-0.1 for several epochs, at ~1.4x the step time on a CPU).")
+                   "ticket once; 0.05-0.1 for several epochs, at ~1.6x the step time on a CPU).")
 @click.option("--val-fraction", type=float, default=None,
               help='Share of non-test tickets held out for validation (default 0.1); "split": "test" rows are '
                    "never trained on.")
