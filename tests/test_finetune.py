@@ -204,13 +204,22 @@ def test_memory_estimate_counts_dtype_checkpointing_and_logit_chunks():
     assert full["activations_bytes"] > 10 * lean["activations_bytes"]
 
 
-def test_training_lowers_the_training_loss(tiny_model, tmp_path):
+def test_training_lowers_the_training_loss(tiny_model, tmp_path, monkeypatch):
+    from assistant import finetune
+
+    trims = []  # freed heap goes back to the system every TRIM_EVERY steps on a CPU
+    monkeypatch.setattr(finetune, "_release_freed_memory", lambda: trims.append(run.step))
     run = make_run(tiny_model, tmp_path, max_steps=12, val_fraction=0.0, lr=3e-2, warmup_fraction=0.0,
                    group_by_length=False)  # see the bf16 test above
     losses = []
     run.train(lambda e: losses.append(e.loss) if e.kind == "step" else None)
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert trims == list(range(finetune.TRIM_EVERY, 13, finetune.TRIM_EVERY))
+    finetune._trim.clear()
+    monkeypatch.undo()
+    finetune._release_freed_memory()  # the real one (glibc's malloc_trim here) runs without error
+    assert len(finetune._trim) == 1
 
 
 def test_length_grouping_sees_every_ticket_once_with_less_padding(tiny_model, tmp_path):
