@@ -216,10 +216,9 @@ def test_training_lowers_the_training_loss(tiny_model, tmp_path, monkeypatch):
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert trims == list(range(finetune.TRIM_EVERY, 13, finetune.TRIM_EVERY))
-    finetune._trim.clear()
     monkeypatch.undo()
     finetune._release_freed_memory()  # the real one (glibc's malloc_trim here) runs without error
-    assert len(finetune._trim) == 1
+    assert finetune._malloc_trim() is not None
 
 
 def test_length_grouping_sees_every_ticket_once_with_less_padding(tiny_model, tmp_path):
