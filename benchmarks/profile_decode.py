@@ -6,8 +6,9 @@ the candidate lookup (prompt lookup's n-gram search and its strategy update), KV
 incremental detokenizer that `TransformersModel.stream` runs on each step. What is left of the step's wall time
 is Python bookkeeping in the loop itself. Prints ms per step and the share of each, for `off` and
 `prompt-lookup` (and `prompt-lookup-always`, the policy that proposes on every match, with `--methods`),
-with the acceptance and how many outputs are token-for-token those of the first method. `--busy` runs a
-`nice -n 19` busy loop alongside (a loaded machine) and stops it at the end.
+with the acceptance and how many outputs are token-for-token those of the first method. `--attention
+ragdesk_sdpa,sdpa --repeat 3` alternates attention implementations (ragdesk's against transformers' own) in
+one run. `--busy` runs a `nice -n 19` busy loop alongside (a loaded machine) and stops it at the end.
 
 Prompts: the bundled bench questions with passages retrieved from the collection when `RAGDESK_HOME` holds an
 index, else the first corpus documents as passages. Not here: end-to-end tokens/s (that is `ragdesk bench`).
@@ -148,6 +149,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--methods", default="off,prompt-lookup",
                     help="off, prompt-lookup (cost-aware), prompt-lookup-always (proposes on every match)")
+    ap.add_argument("--attention", default="",
+                    help="comma list of attention implementations to alternate (e.g. ragdesk_sdpa,sdpa; default: "
+                         "the one the model loads with)")
+    ap.add_argument("--repeat", type=int, default=1, help="run the whole set this many times, alternated")
     ap.add_argument("--busy", action="store_true",
                     help="run a `nice -n 19` busy loop next to it (a loaded machine), stopped at the end")
     ap.add_argument("--json", action="store_true")
@@ -167,7 +172,14 @@ def main() -> None:
 
         busy = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"])
     try:
-        results = [profile(model, ids_list, m, settings, args.max_new_tokens) for m in args.methods.split(",")]
+        results = []
+        attentions = [a for a in args.attention.split(",") if a] or [model.model.config._attn_implementation]
+        for _ in range(args.repeat):
+            for attention in attentions:
+                model.model.set_attn_implementation(attention)
+                for m in args.methods.split(","):
+                    results.append({**profile(model, ids_list, m, settings, args.max_new_tokens),
+                                    "attention": attention})
     finally:
         if busy is not None:
             busy.kill()
@@ -183,9 +195,10 @@ def main() -> None:
     print(f"{out['model']} ({out['dtype']}, {out['threads']} threads), prompts of {out['prompt_tokens']} tokens, "
           f"load average {out['load_average'][0]:.2f}")
     for r in results:
-        print(f"\n{r['method']}: {r['ms_per_step']:.2f} ms/step, {r['tokens']} tokens in {r['steps']} steps, "
+        print(f"\n{r['method']} ({r['attention']}): {r['ms_per_step']:.2f} ms/step, {r['tokens']} tokens in {r['steps']} steps, "
               f"{r['tokens_per_s']:.1f} tokens/s, {r['accepted']}/{r['drafted']} proposed tokens accepted, "
-              f"{r['identical_to_first']}/{len(ids_list)} outputs identical to {results[0]['method']}")
+              f"{r['identical_to_first']}/{len(ids_list)} outputs identical to {results[0]['method']} "
+              f"({results[0]['attention']})")
         for part, ms in r["parts_ms_per_step"].items():
             print(f"  {part:<12}{ms:>8.3f} ms {r['share'][part]:>6.1%}")
 

@@ -18,6 +18,7 @@ from .. import _cpuload
 from ..answer import SpeculativeStats, TokenUsage
 from .._decoding import (CrossTokenizerDraftCandidates, DecodingConfig, DecodingStats, DraftModelCandidates,
                          PromptLookupCandidates, greedy_decode)
+from . import _attention
 from ._base import ChatModel, Completion, GenerationConfig, Messages
 from ._device import pick_device
 
@@ -82,6 +83,7 @@ class TransformersModel(ChatModel):
 
             model = quantize_weight_only(model, WEIGHT_ONLY_DTYPES[self.dtype], torch_dtype)
         self.model = model.to(self.device).eval()
+        _attention.use_for(self.model)  # verification passes over the KV cache as stored (no per-head copies)
         self.adapter = adapter
         self.decode_threads = decode_threads if self.device == "cpu" else 0
         self.kv_cache = kv_cache
