@@ -11,7 +11,9 @@ one competing CPU-bound program at nice 19 (a busy loop this script starts and s
 While each app answer streams, a key is typed into the prompt every 100 ms and the time until the Input shows
 it is recorded (p50/p90 over all answers of that run).
 
-Every mode answers one warm-up question first (not counted). Figures are medians over the questions; the
+Every mode answers one warm-up question first (not counted); the app answers it again (not counted) after
+each `ask`, so that its engine's prefill does not count the `ask` just run as another program's load.
+`--ask-decode-threads 1` also times `ask` decoding on one thread, as the app's engine does on 2 CPUs. Figures are medians over the questions; the
 ratios compare modes measured back to back in this run (the machine is shared: read the ratios and the load
 average printed with them). Needs an index of the corpus in RAGDESK_HOME, e.g.
 
@@ -62,16 +64,23 @@ def competing_load(on: bool):
         proc.wait()
 
 
-def measure_ask(engine, questions: list[str]) -> list[dict]:
-    """Per question: ttft_ms and tokens/s as `ragdesk ask` reports them (Engine timings)."""
+def measure_ask(engine, questions: list[str], decode_threads: int = 0) -> list[dict]:
+    """Per question: ttft_ms and tokens/s as `ragdesk ask` reports them (Engine timings); `decode_threads`
+    (when given) as `RAGDESK_DECODE_THREADS` would set it for that `ask`."""
     from assistant import _cpuload
 
     out = []
+    model = engine.model
     for q in questions:
         # as a `ragdesk ask` of its own: the app's engine, which has just answered in another process, would
         # otherwise count as another program's load in the window the next prefill fits its threads to
         _cpuload.mark()
-        a = engine.ask(q)
+        saved = model.decode_threads
+        model.decode_threads = decode_threads or saved
+        try:
+            a = engine.ask(q)
+        finally:
+            model.decode_threads = saved
         out.append({"ttft_ms": a.timings.ttft_ms, "retrieval_ms": a.timings.retrieval_ms,
                     "tokens_per_s": a.timings.tokens_per_s, "prompt_tokens": a.usage.prompt_tokens,
                     "tokens": a.usage.completion_tokens, "status": a.status})
@@ -80,10 +89,12 @@ def measure_ask(engine, questions: list[str]) -> list[dict]:
 
 async def measure_app(settings, questions: list[str], in_thread: bool = False, ask_engine=None,
                       ready_timeout: float = 600,
-                      key_every: float = KEY_EVERY_S) -> tuple[list[dict], list[dict], list[float]]:
+                      key_every: float = KEY_EVERY_S,
+                      asked_threads: dict[int, list[dict]] | None = None) -> tuple[list[dict], list[dict], list[float]]:
     """Per question: what the app's user sees (see the module docstring), and, when `ask_engine` is given,
     the same question through `ask` just before it (interleaved, so both see the same machine: on a shared
-    machine the load moves within seconds); and every key-press latency (ms). While `ask` runs the app's
+    machine the load moves within seconds), and through `ask` with each number of decode threads that
+    `asked_threads` has a list for; and every key-press latency (ms). While `ask` runs the app's
     event loop is blocked, but it is idle then (its engine, in the child, waits for a question)."""
     from textual import events
 
@@ -126,9 +137,21 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
                 raise SystemExit(f"the app's engine did not load: {app.engine_error or 'timeout'}")
             await pilot.pause(0.05)
         prompt = app.query_one("#prompt")
-        for i, q in enumerate([WARMUP] + questions):
-            if i and ask_engine is not None:
+        steps = [("app", WARMUP, False)]
+        for q in questions:
+            if ask_engine is not None:
+                # the app's engine fits its prefill's threads to the load since its last prefill, and there the
+                # `ask` just run is another program's (2 CPUs for a second or more); an app used alone has no
+                # such neighbour, so an uncounted answer ends that window first (as measure_ask starts ask's
+                # window afresh)
+                steps += [("ask", q, True), ("app", WARMUP, False)]
+            steps.append(("app", q, True))
+        for kind, q, counted in steps:
+            if kind == "ask":
                 asked += measure_ask(ask_engine, [q])
+                for n, rows in (asked_threads or {}).items():
+                    rows += measure_ask(ask_engine, [q], n)
+                continue
             # each question in a new conversation, as `ask` answers it: a follow-up would carry the earlier
             # turns in its prompt and take longer to prefill, and the comparison would not be like for like
             await app.action_new_chat()
@@ -149,7 +172,7 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
                     send_key("x", "x")
                     while len(prompt.value) == before and time.perf_counter() - tk < 5:
                         await asyncio.sleep(0.001)
-                    if i:
+                    if counted:
                         keys.append((time.perf_counter() - tk) * 1000)
                     next_key = time.perf_counter() + key_every
                 await asyncio.sleep(0.02)  # a slow poll: this loop shares the app's process
@@ -157,7 +180,7 @@ async def measure_app(settings, questions: list[str], in_thread: bool = False, a
             prompt.value = ""
             m = app.history.message(msg_id)
             n = m.usage.get("completion_tokens", 0)
-            if i == 0:
+            if not counted:
                 continue
             decode = seen[-1] - seen[0] if len(seen) > 1 else 0.0
             # cores the app's process used before the first token: what the engine's prefill competed with
@@ -186,7 +209,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(settings, questions: list[str], loads: list[str], thread: bool, app_settings=None,
-        key_every: float = KEY_EVERY_S) -> dict:
+        key_every: float = KEY_EVERY_S, ask_threads: tuple[int, ...] = ()) -> dict:
     """For each load: the app (child process) interleaved with ask, then (`thread`) the in-thread app
     interleaved with ask again; each app mode's ratio is against the ask answers interleaved with it."""
     from assistant.engine import Engine
@@ -197,9 +220,11 @@ def run(settings, questions: list[str], loads: list[str], thread: bool, app_sett
     for load in loads:
         with competing_load(load == "nice19"):
             la_start = os.getloadavg()[0]
+            by_threads: dict[int, list[dict]] = {n: [] for n in ask_threads}
             app, ask, keys = asyncio.run(measure_app(app_settings or settings, questions, ask_engine=engine,
-                                                     key_every=key_every))
-            row = {"ask": ask, "app": app, "keys_ms": keys}
+                                                     key_every=key_every, asked_threads=by_threads))
+            row = {"ask": ask, "app": app, "keys_ms": keys,
+                   "ask_decode_threads": {str(n): rows for n, rows in by_threads.items()}}
             if thread:
                 row["app_thread"], row["ask_thread"], row["keys_thread_ms"] = asyncio.run(
                     measure_app(settings, questions, True, ask_engine=engine, key_every=key_every))
@@ -231,6 +256,11 @@ def summary(report: dict) -> list[str]:
                          f"{_median(row[name], 'submit_ms'):.0f} ms; app process "
                          f"{_median(row[name], 'app_cpu'):.2f} cores "
                          f"({_median(row[name], 'app_cpu_ttft'):.2f} before the first token)")
+            if name == "app":
+                for n, rows in row.get("ask_decode_threads", {}).items():
+                    n_tps = _median(rows, "tokens_per_s")
+                    lines.append(f"  ask, {n} decode thread(s) {n_tps:6.2f} tok/s  TTFT {_median(rows, 'ttft_ms'):7.0f} ms"
+                                 f"   (the app = {tps / n_tps if n_tps else 0:.2f}x of it)")
     return lines
 
 
@@ -244,6 +274,9 @@ def main() -> None:
                    help="torch threads of the app's engine process (default: the settings', as ask)")
     p.add_argument("--key-every", type=float, default=KEY_EVERY_S,
                    help="seconds between key presses while an answer streams (default %(default)s)")
+    p.add_argument("--ask-decode-threads", default="",
+                   help="also run each question through ask decoding on these numbers of threads (comma-separated; "
+                        "e.g. 1: the app's engine decodes on one fewer than the CPUs)")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
     from assistant.settings import load_settings
@@ -252,7 +285,7 @@ def main() -> None:
     app_settings = (load_settings({"max_new_tokens": args.max_new_tokens, "threads": args.app_threads})
                     if args.app_threads else None)
     report = run(settings, QUESTIONS[: args.questions], args.loads.split(","), args.thread, app_settings,
-                 args.key_every)
+                 args.key_every, tuple(int(n) for n in args.ask_decode_threads.split(",") if n))
     if args.json_out:
         args.json_out.write_text(json.dumps({"settings": {"model": settings.model, "max_new_tokens":
                                              settings.max_new_tokens, "speculative": settings.speculative},
