@@ -13,9 +13,9 @@ it is recorded (p50/p90 over all answers of that run).
 
 Every mode answers one warm-up question first (not counted); the app answers it again (not counted) after
 each `ask`, so that its engine's prefill does not count the `ask` just run as another program's load.
-`--ask-decode-threads 1` also times `ask` decoding on one thread, as the app's engine does on 2 CPUs. Figures are medians over the questions; the
-ratios compare modes measured back to back in this run (the machine is shared: read the ratios and the load
-average printed with them). Needs an index of the corpus in RAGDESK_HOME, e.g.
+`--ask-decode-threads 1` also times `ask` decoding on one thread, as the app's engine does on 2 CPUs. Figures
+are medians over the questions; the ratios compare modes measured back to back in this run (the machine is
+shared: read the ratios and the load average printed with them). Needs an index of the corpus in RAGDESK_HOME, e.g.
 
     export RAGDESK_HOME=$(mktemp -d) RAGDESK_EMBEDDER=minilm RAGDESK_MODELS_DIR=~/.cache/ragdesk-test-models
     ragdesk index corpus/docs
@@ -90,7 +90,8 @@ def measure_ask(engine, questions: list[str], decode_threads: int = 0) -> list[d
 async def measure_app(settings, questions: list[str], in_thread: bool = False, ask_engine=None,
                       ready_timeout: float = 600,
                       key_every: float = KEY_EVERY_S,
-                      asked_threads: dict[int, list[dict]] | None = None) -> tuple[list[dict], list[dict], list[float]]:
+                      asked_threads: dict[int, list[dict]] | None = None
+                      ) -> tuple[list[dict], list[dict], list[float]]:
     """Per question: what the app's user sees (see the module docstring), and, when `ask_engine` is given,
     the same question through `ask` just before it (interleaved, so both see the same machine: on a shared
     machine the load moves within seconds), and through `ask` with each number of decode threads that
@@ -259,8 +260,9 @@ def summary(report: dict) -> list[str]:
             if name == "app":
                 for n, rows in row.get("ask_decode_threads", {}).items():
                     n_tps = _median(rows, "tokens_per_s")
-                    lines.append(f"  ask, {n} decode thread(s) {n_tps:6.2f} tok/s  TTFT {_median(rows, 'ttft_ms'):7.0f} ms"
-                                 f"   (the app = {tps / n_tps if n_tps else 0:.2f}x of it)")
+                    share = tps / n_tps if n_tps else 0
+                    lines.append(f"  ask, {n} decode thread(s) {n_tps:6.2f} tok/s  TTFT "
+                                 f"{_median(rows, 'ttft_ms'):7.0f} ms   (the app = {share:.2f}x of it)")
     return lines
 
 

@@ -195,7 +195,8 @@ def main() -> None:
     print(f"{out['model']} ({out['dtype']}, {out['threads']} threads), prompts of {out['prompt_tokens']} tokens, "
           f"load average {out['load_average'][0]:.2f}")
     for r in results:
-        print(f"\n{r['method']} ({r['attention']}): {r['ms_per_step']:.2f} ms/step, {r['tokens']} tokens in {r['steps']} steps, "
+        print(f"\n{r['method']} ({r['attention']}): {r['ms_per_step']:.2f} ms/step, {r['tokens']} tokens in "
+              f"{r['steps']} steps, "
               f"{r['tokens_per_s']:.1f} tokens/s, {r['accepted']}/{r['drafted']} proposed tokens accepted, "
               f"{r['identical_to_first']}/{len(ids_list)} outputs identical to {results[0]['method']} "
               f"({results[0]['attention']})")
