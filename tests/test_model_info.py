@@ -36,6 +36,12 @@ def test_bandwidth_keeps_the_highest_rate_measured(tmp_path):
     assert memory_bandwidth(tmp_path) > 1e8
 
 
+def test_bandwidth_is_measured_in_a_home_that_cannot_be_written(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # the home "folder" is a file: nothing can be kept under it
+    assert memory_bandwidth(blocked / "home") > 1e8
+
+
 def test_dtype_table_bounds_tokens_per_second_by_bandwidth():
     rows = {r["dtype"]: r for r in dtype_table(SMOLLM2, "cpu", 2048, 2e10)}
     assert set(rows) == {"float32", "bfloat16", "float16", "int8", "int8-wo", "int4-wo"}
