@@ -22,6 +22,7 @@ _WIDTHS = {"float32": (4, 4), "bfloat16": (2, 2), "float16": (2, 2), "int8": (1,
            "int4-wo": (0.5 + 4 / 32, 2)}
 _ACTIVATION_WIDTH = {"float32": 4, "int8": 4}  # KV cache entries; 2 (bf16/fp16) otherwise
 BANDWIDTH_FILE = "memory_bandwidth.json"
+METHOD = "read (sum)"  # how the kept rate was measured; a rate measured another way is measured again
 
 
 def estimate_memory(config: dict, dtype: str, context: int) -> dict[str, int]:
@@ -54,7 +55,7 @@ def memory_bandwidth(home: Path, refresh: bool = False) -> float:
     (a decoding step reads every weight once, so this bounds tokens/s), best run. Measured at each call (0.1 s)
     and kept in the home folder as the highest rate seen so far: on a shared machine other programs only ever
     make a measurement lower (a copy-based measurement kept here read 18.9 GB/s, one hours later 45.6), so
-    the best one is the machine's. `refresh` forgets the kept rate."""
+    the best one is the machine's. `refresh` forgets the kept rate, as does deleting the file."""
     import time
 
     import torch
@@ -63,9 +64,12 @@ def memory_bandwidth(home: Path, refresh: bool = False) -> float:
     kept = 0.0
     if not refresh and path.exists():
         try:
-            kept = float(json.loads(path.read_text())["bytes_per_s"])
-        except (ValueError, KeyError, TypeError):
+            saved = json.loads(path.read_text())
+            kept = float(saved["bytes_per_s"]) if saved.get("method") == METHOD else 0.0  # an older kind: not kept
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             kept = 0.0  # unreadable: measure again
+        if not 0 < kept < float("inf"):
+            kept = 0.0
     src = torch.ones(256 * 2**20 // 4, dtype=torch.float32)
     best = float("inf")
     for _ in range(5):
@@ -78,7 +82,7 @@ def memory_bandwidth(home: Path, refresh: bool = False) -> float:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"bytes_per_s": rate, "buffer_bytes": 256 * 2**20,
-                                        "measured_at": time.time(), "method": "read (sum)"}))
+                                        "measured_at": time.time(), "method": METHOD}))
         except OSError:
             pass  # a read-only home: the rate is used, just not kept
     return max(rate, kept)

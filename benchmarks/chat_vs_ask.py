@@ -75,12 +75,14 @@ def measure_ask(engine, questions: list[str], decode_threads: int = 0) -> list[d
         # as a `ragdesk ask` of its own: the app's engine, which has just answered in another process, would
         # otherwise count as another program's load in the window the next prefill fits its threads to
         _cpuload.mark()
-        saved = model.decode_threads
-        model.decode_threads = decode_threads or saved
-        try:
+        if not decode_threads:
             a = engine.ask(q)
-        finally:
-            model.decode_threads = saved
+        else:  # a local model only (a served one has no threads of ours)
+            saved, model.decode_threads = model.decode_threads, decode_threads
+            try:
+                a = engine.ask(q)
+            finally:
+                model.decode_threads = saved
         out.append({"ttft_ms": a.timings.ttft_ms, "retrieval_ms": a.timings.retrieval_ms,
                     "tokens_per_s": a.timings.tokens_per_s, "prompt_tokens": a.usage.prompt_tokens,
                     "tokens": a.usage.completion_tokens, "status": a.status})
@@ -281,13 +283,16 @@ def main() -> None:
                         "e.g. 1: the app's engine decodes on one fewer than the CPUs)")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
+    ask_threads = tuple(int(n) for n in args.ask_decode_threads.split(",") if n)
+    if any(n < 1 for n in ask_threads):
+        p.error(f"--ask-decode-threads {args.ask_decode_threads}: each number must be at least 1")
     from assistant.settings import load_settings
 
     settings = load_settings({"max_new_tokens": args.max_new_tokens})
     app_settings = (load_settings({"max_new_tokens": args.max_new_tokens, "threads": args.app_threads})
                     if args.app_threads else None)
     report = run(settings, QUESTIONS[: args.questions], args.loads.split(","), args.thread, app_settings,
-                 args.key_every, tuple(int(n) for n in args.ask_decode_threads.split(",") if n))
+                 args.key_every, ask_threads)
     if args.json_out:
         args.json_out.write_text(json.dumps({"settings": {"model": settings.model, "max_new_tokens":
                                              settings.max_new_tokens, "speculative": settings.speculative},

@@ -157,6 +157,8 @@ def main() -> None:
                     help="run a `nice -n 19` busy loop next to it (a loaded machine), stopped at the end")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error(f"--repeat {args.repeat}: must be at least 1")
 
     from assistant.models import load_model
     from assistant.settings import load_settings
@@ -174,6 +176,10 @@ def main() -> None:
     try:
         results = []
         attentions = [a for a in args.attention.split(",") if a] or [model.model.config._attn_implementation]
+        if "ragdesk_sdpa" in attentions:
+            from assistant.models import _attention
+
+            _attention._register()  # only CPU models switch to it on their own
         for _ in range(args.repeat):
             for attention in attentions:
                 model.model.set_attn_implementation(attention)

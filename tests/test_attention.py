@@ -56,10 +56,39 @@ def test_verification_pass_is_bit_identical_to_sdpa_without_copying_the_cache(ti
     count_repeat_kv.clear()
     ours = _verification_logits(model, ids, rows, cache_kind)
     assert count_repeat_kv == []
-    assert torch.equal(ours, reference)
+    if dtype == torch.float32:
+        assert torch.equal(ours, reference)
+    else:  # bit-identical on this CPU; another CPU's bf16 kernels may round a row count differently
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-3)
 
 
-def test_the_local_model_uses_it_on_cpu_and_answers_as_with_sdpa(tiny_model, count_repeat_kv):
+@pytest.mark.parametrize("case", ["plain", "batch 2, mask of batch 1", "value heads wider", "query batch broadcast"])
+def test_the_function_gives_sdpa_s_result_for_every_shape_it_takes(case):
+    from types import SimpleNamespace
+
+    gen = torch.Generator().manual_seed(0)
+    b, kv_heads, group, p, length, d, dv = 2, 2, 3, 4, 11, 8, 8
+    if case == "value heads wider":
+        dv = 16
+    qb = 1 if case == "query batch broadcast" else b
+    query = torch.randn(qb, kv_heads * group, p, d, generator=gen)
+    key = torch.randn(b, kv_heads, length, d, generator=gen)
+    value = torch.randn(b, kv_heads, length, dv, generator=gen)
+    mask = torch.rand(1 if case == "batch 2, mask of batch 1" else b, 1, p, length, generator=gen) > 0.3
+    mask[..., 0] = True  # every row sees something
+    module = SimpleNamespace(num_key_value_groups=group, is_causal=True)
+    want, _ = sdpa_module.sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    got, _ = _attention.ragdesk_sdpa_forward(module, query, key, value, mask, scaling=0.3)
+    assert got.shape == want.shape == (b, p, kv_heads * group, dv)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_the_local_model_uses_it_on_cpu_and_answers_as_with_sdpa(tiny_model, count_repeat_kv, monkeypatch):
+    from assistant.models import _transformers
+
+    # proposals on every match: the cost-aware policy would pick pass widths by the clock
+    original = _transformers.PromptLookupCandidates
+    monkeypatch.setattr(_transformers, "PromptLookupCandidates", lambda spec: original(spec, cost_aware=False))
     model = TransformersModel(tiny_model, "tiny", dtype="float32")
     assert model.model.config._attn_implementation == "ragdesk_sdpa"
     messages = [{"role": "user", "content": "Tidepool listens on port 8740 by default. " * 3 + "Which port?"}]

@@ -1,6 +1,6 @@
 import json
 
-from assistant.model_info import BANDWIDTH_FILE, dtype_lines, dtype_table, estimate_memory, memory_bandwidth
+from assistant.model_info import BANDWIDTH_FILE, METHOD, dtype_lines, dtype_table, estimate_memory, memory_bandwidth
 
 SMOLLM2 = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
            "head_dim": 64, "intermediate_size": 1536, "vocab_size": 49152, "tie_word_embeddings": True}
@@ -19,27 +19,42 @@ def test_estimate_memory_counts_smollm2_and_orders_the_dtypes():
 
 
 def test_bandwidth_keeps_the_highest_rate_measured(tmp_path):
+    kept = tmp_path / BANDWIDTH_FILE
+
+    def keep(**entry):
+        kept.write_text(json.dumps(entry))
+
     rate = memory_bandwidth(tmp_path)
     assert rate > 1e8
-    assert json.loads((tmp_path / BANDWIDTH_FILE).read_text())["bytes_per_s"] == rate
+    saved = json.loads(kept.read_text())
+    assert saved["bytes_per_s"] == rate and saved["method"] == METHOD
     # a rate kept from an earlier, better run stays: a busy machine only ever measures lower
-    (tmp_path / BANDWIDTH_FILE).write_text(json.dumps({"bytes_per_s": 1e15}))
+    keep(bytes_per_s=1e15, method=METHOD)
     assert memory_bandwidth(tmp_path) == 1e15
     # one measured on a busier machine than now is replaced by today's measurement
-    (tmp_path / BANDWIDTH_FILE).write_text(json.dumps({"bytes_per_s": 1e3}))
+    keep(bytes_per_s=1e3, method=METHOD)
     now = memory_bandwidth(tmp_path)
-    assert now > 1e8 and json.loads((tmp_path / BANDWIDTH_FILE).read_text())["bytes_per_s"] == now
-    # refresh forgets the kept rate; an unreadable file is measured again
-    (tmp_path / BANDWIDTH_FILE).write_text(json.dumps({"bytes_per_s": 1e15}))
-    assert memory_bandwidth(tmp_path, refresh=True) < 1e15
-    (tmp_path / BANDWIDTH_FILE).write_text("{not json")
+    assert now > 1e8 and json.loads(kept.read_text())["bytes_per_s"] == now
+    # not kept: a rate measured the old way (a copy), one that is not a finite positive number, an unreadable
+    # file; refresh forgets even a good one
+    for entry in ({"bytes_per_s": 1e15}, {"bytes_per_s": float("inf"), "method": METHOD},
+                  {"bytes_per_s": -1, "method": METHOD}, ["not", "an", "object"]):
+        kept.write_text(json.dumps(entry))
+        assert 1e8 < memory_bandwidth(tmp_path) < 1e15, entry
+    kept.write_text("{not json")
     assert memory_bandwidth(tmp_path) > 1e8
+    keep(bytes_per_s=1e15, method=METHOD)
+    assert memory_bandwidth(tmp_path, refresh=True) < 1e15
+    assert json.loads(kept.read_text())["bytes_per_s"] < 1e15
 
 
 def test_bandwidth_is_measured_in_a_home_that_cannot_be_written(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("")  # the home "folder" is a file: nothing can be kept under it
     assert memory_bandwidth(blocked / "home") > 1e8
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / BANDWIDTH_FILE).mkdir()  # a folder where the file should be: not readable, not writable
+    assert memory_bandwidth(tmp_path / "home") > 1e8
 
 
 def test_dtype_table_bounds_tokens_per_second_by_bandwidth():

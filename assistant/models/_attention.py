@@ -15,8 +15,9 @@ differently for another row count, so over long answers a bf16 model can part fr
 answers under prompt lookup), as it already parts between row counts. Measured here, a 4-row pass of
 SmolLM2-135M int4-wo over an 800-token context, steps alternated with `sdpa` in one process: 18.0 against
 20.0 ms (p10, 2 threads); one-row steps: no change. `benchmarks/profile_decode.py --attention ragdesk_sdpa,sdpa`
-compares the two on whole answers. Every other call (one row, a prefill without a mask, GPUs, no groups) goes to
-transformers' own function.
+compares the two on whole answers. What is still copied is the mask, repeated per group (a few KB). Every other
+call (one row, a prefill without a mask, GPUs, no groups, a query batch that broadcasts) goes to transformers'
+own function; a masked prefill over a filled cache is folded as well (ragdesk's prefills start empty, unmasked).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ NAME = "ragdesk_sdpa"
 
 def ragdesk_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                          scaling: float | None = None, is_causal: bool | None = None, **kwargs):
-    """transformers' attention-function signature; returns (output (b, p, heads, d), None)."""
+    """transformers' attention-function signature; returns (output (b, p, heads, value head size), None)."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -36,7 +37,7 @@ def ragdesk_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = heads // kv_heads
     if (p == 1 or group == 1 or attention_mask is None or attention_mask.dtype != torch.bool
-            or attention_mask.dim() != 4 or attention_mask.shape[1] != 1
+            or attention_mask.dim() != 4 or attention_mask.shape[1] != 1 or key.shape[0] != b
             or query.device.type != "cpu" or dropout or kwargs.get("position_bias") is not None
             or kwargs.get("softcap") is not None or heads != kv_heads * group):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -46,7 +47,7 @@ def ragdesk_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
     mask = attention_mask.expand(b, 1, p, kv_len).unsqueeze(2).expand(b, 1, group, p, kv_len)
     out = torch.nn.functional.scaled_dot_product_attention(
         q, key, value, attn_mask=mask.reshape(b, 1, group * p, kv_len), scale=scaling)
-    return out.view(b, heads, p, d).transpose(1, 2).contiguous(), None
+    return out.view(b, heads, p, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
 def use_for(model) -> bool:
