@@ -12,12 +12,13 @@ Here such a pass folds the group's query heads into the rows of their K/V head i
 on the cache as stored. Same kernel, same dot products: here the logits are bit-identical to `sdpa`'s in the
 tests (which require it in fp32, and bf16 within 1e-3) and in a 4-row pass of SmolLM2-135M; in bf16 the
 kernel's inner products may still round differently for another row count, so over long answers a bf16 model
-can part from `sdpa`'s output (3 of 8 answers under prompt lookup), as it already parts between row counts. Measured here, a 4-row pass of
-SmolLM2-135M int4-wo over an 800-token context, steps alternated with `sdpa` in one process: 18.0 against
-20.0 ms (p10, 2 threads); one-row steps: no change. `benchmarks/profile_decode.py --attention ragdesk_sdpa,sdpa`
-compares the two on whole answers. What is still copied is the mask, repeated per group (a few KB). Every other
-call (one row, a prefill without a mask, GPUs, no groups, a query batch that broadcasts) goes to transformers'
-own function; a masked prefill over a filled cache is folded as well (ragdesk's prefills start empty, unmasked).
+can part from `sdpa`'s output (3 of 8 answers under prompt lookup), as it already parts between row counts.
+Measured here, a 4-row pass of SmolLM2-135M int4-wo over an 800-token context, steps alternated with `sdpa` in
+one process: 18.0 against 20.0 ms (p10, 2 threads); one-row steps: no change.
+`benchmarks/profile_decode.py --attention ragdesk_sdpa,sdpa` compares the two on whole answers. What is still
+copied is the mask, repeated per group (a few KB). Every other call (one row, a prefill without a mask, GPUs,
+no groups, a query batch that broadcasts) goes to transformers' own function; a masked prefill over a filled
+cache is folded as well (ragdesk's prefills start empty, unmasked).
 """
 
 from __future__ import annotations
