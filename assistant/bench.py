@@ -153,5 +153,6 @@ def bench_command(ctx, suite, limit, methods, model, draft_model, adapter, max_n
         acc = f"{r['acceptance_rate']:.0%}" if r["acceptance_rate"] is not None else "-"
         tps = f"{r['tokens_per_step']:.2f}" if r["tokens_per_step"] else "-"
         dec = f"{r['decode_tokens_per_s']:.1f}" if r["decode_tokens_per_s"] else "-"
-        click.echo(f"{r['method']:<14}{r['tokens_per_s']:>8.1f}{dec:>8}{r['speedup_vs_off']:>8.2f}x{r['ttft_ms_p50']:>9.0f}"
-                   f"{r['retrieval_ms_p50']:>8.1f}{acc:>8}{tps:>9}  {r['identical_answers']}/{r['answers']}")
+        click.echo(f"{r['method']:<14}{r['tokens_per_s']:>8.1f}{dec:>8}{r['speedup_vs_off']:>8.2f}x"
+                   f"{r['ttft_ms_p50']:>9.0f}{r['retrieval_ms_p50']:>8.1f}{acc:>8}{tps:>9}  "
+                   f"{r['identical_answers']}/{r['answers']}")

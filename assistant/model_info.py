@@ -76,12 +76,13 @@ def memory_bandwidth(home: Path, refresh: bool = False) -> float:
         t = time.perf_counter()
         src.sum()
         best = min(best, time.perf_counter() - t)
-    rate = src.nbytes / best
+    size = src.nbytes
+    rate = size / best
     del src
     if rate > kept:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"bytes_per_s": rate, "buffer_bytes": 256 * 2**20,
+            path.write_text(json.dumps({"bytes_per_s": rate, "buffer_bytes": size,
                                         "measured_at": time.time(), "method": METHOD}))
         except OSError:
             pass  # a read-only home: the rate is used, just not kept
